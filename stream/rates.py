@@ -1,0 +1,125 @@
+"""Online defect-rate estimates per key (utterance, intent, domain, device type).
+
+``DefectRateTracker`` is a river univariate statistic: ``update(defective)`` once per finalised
+turn, ``get()`` is the posterior mean of a Beta(1 + defects, 1 + plays - defects) posterior
+(uniform prior), ``interval()`` its equal-tailed 95% credible interval.
+
+>>> t = DefectRateTracker()
+>>> for defective in (True, False, False, False):
+...     t.update(defective)
+>>> t.plays, t.defects, round(t.get(), 3)
+(4, 1, 0.333)
+>>> [round(v, 3) for v in t.interval()]
+[0.053, 0.716]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from river import stats
+from scipy.special import betaincinv
+
+from stream.records import DEFECT_RATES, KEY_TYPES, Output, rate_key
+from stream.settings import Settings
+from stream.stats import EngineStats
+
+
+class DefectRateTracker(stats.base.Univariate):
+    """Beta-Bernoulli estimate of P(defect) for one key."""
+
+    __slots__ = ("plays", "defects", "updated_ts")
+
+    def __init__(self, plays: int = 0, defects: int = 0, updated_ts: int = 0) -> None:
+        self.plays = plays
+        self.defects = defects
+        self.updated_ts = updated_ts
+
+    def update(self, x: bool | float, ts: int | None = None) -> None:  # type: ignore[override]
+        self.plays += 1
+        if x:
+            self.defects += 1
+        if ts is not None and ts > self.updated_ts:
+            self.updated_ts = ts
+
+    def revert(self, x: bool | float) -> None:
+        self.plays -= 1
+        if x:
+            self.defects -= 1
+
+    def get(self) -> float:
+        return (1 + self.defects) / (2 + self.plays)
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        a, b = 1.0 + self.defects, 1.0 + self.plays - self.defects
+        tail = (1.0 - level) / 2.0
+        return float(betaincinv(a, b, tail)), float(betaincinv(a, b, 1.0 - tail))
+
+    def to_list(self) -> list[int]:
+        return [self.plays, self.defects, self.updated_ts]
+
+
+class RateStage:
+    """Stage 2: applies ``rate-updates`` (one per finalised turn and key) to the trackers.
+
+    Each key type keeps at most ``settings.max_tracked_keys`` trackers; the least recently
+    updated is evicted first (dict order is recency order: updated keys move to the end).
+    """
+
+    def __init__(self, settings: Settings | None = None, stats_: EngineStats | None = None):
+        self.settings = settings or Settings()
+        self.stats = stats_ if stats_ is not None else EngineStats()
+        self.trackers: dict[str, dict[str, DefectRateTracker]] = {k: {} for k in KEY_TYPES}
+        self.dirty: set[str] = set()
+
+    def apply(self, update: dict[str, Any]) -> Output:
+        key_type, key = update["key_type"], update["key"]
+        table = self.trackers[key_type]
+        tracker = table.pop(key, None)
+        if tracker is None:
+            tracker = DefectRateTracker()
+            if len(table) >= self.settings.max_tracked_keys:
+                del table[next(iter(table))]
+                self.stats.evictions["estimator"] += 1
+        table[key] = tracker
+        tracker.update(update["defective"], update["ts"])
+        self.dirty.add(rate_key(key_type, key))
+        return Output(DEFECT_RATES, rate_key(key_type, key), self.record(key_type, key, tracker))
+
+    @staticmethod
+    def record(key_type: str, key: str, tracker: DefectRateTracker) -> dict[str, Any]:
+        low, high = tracker.interval()
+        return {
+            "key_type": key_type,
+            "key": key,
+            "plays": tracker.plays,
+            "defects": tracker.defects,
+            "rate": round(tracker.get(), 6),
+            "low": round(low, 6),
+            "high": round(high, 6),
+            "updated_ts": tracker.updated_ts,
+        }
+
+    def get(self, key_type: str, key: str) -> DefectRateTracker | None:
+        return self.trackers[key_type].get(key)
+
+    def top_defective(self, k: int, key_type: str = "utterance",
+                      min_plays: int = 5) -> list[tuple[str, DefectRateTracker]]:
+        """Keys with the highest posterior defect rate among those with ``min_plays`` plays."""
+        items = [(key, t) for key, t in self.trackers[key_type].items() if t.plays >= min_plays]
+        items.sort(key=lambda kv: (-kv[1].get(), -kv[1].plays, kv[0]))
+        return items[:k]
+
+    # -- state for changelog-backed tables -------------------------------------------------------
+    def export_key(self, rkey: str) -> list[int] | None:
+        key_type, _, key = rkey.partition(":")
+        tracker = self.trackers[key_type].get(key)
+        return None if tracker is None else tracker.to_list()
+
+    def import_key(self, rkey: str, value: list[int]) -> None:
+        key_type, _, key = rkey.partition(":")
+        self.trackers[key_type][key] = DefectRateTracker(*value)
+
+    def take_dirty(self) -> set[str]:
+        dirty, self.dirty = self.dirty, set()
+        return dirty

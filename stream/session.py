@@ -1,0 +1,111 @@
+"""Per-device session state: turns still inside their rephrase window, dedupe memory.
+
+State is plain data with ``to_dict``/``from_dict`` so the Kafka topology can keep it in a
+changelog-backed table and a restarted worker continues where the last one stopped.
+
+>>> st = DeviceState("d1")
+>>> st.pending.append(TurnState("e1", 5, "Play jazz", "play jazz", signals=["barge_in"]))
+>>> DeviceState.from_dict(st.to_dict()).pending[0].signals
+['barge_in']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(slots=True)
+class TurnState:
+    """A turn remembered until it is final (its rephrase window passed)."""
+
+    event_id: str
+    ts: int
+    utterance: str
+    norm: str
+    intent: str | None = None
+    domain: str | None = None
+    device_type: str | None = None
+    asr_confidence: float | None = None
+    nlu_confidence: float | None = None
+    tts_end_ts: int | None = None
+    barge_in_ts: int | None = None
+    barge_in: str | None = None
+    """``device`` | ``timing`` once decided."""
+    signals: list[str] = dataclasses.field(default_factory=list)
+    chain: list[str] = dataclasses.field(default_factory=list)
+    """Event ids of the rephrase chain ending at this turn (root first, this turn last)."""
+    chain_norms: list[str] = dataclasses.field(default_factory=list)
+    rephrase_of: str | None = None
+    rephrased_by: str | None = None
+    stop_turn: bool = False
+    repeat_flagged: bool = False
+
+    def add_signal(self, signal: str) -> None:
+        if signal not in self.signals:
+            self.signals.append(signal)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TurnState:
+        return cls(**data)
+
+
+@dataclasses.dataclass(slots=True)
+class DeviceState:
+    device_id: str
+    watermark: int = 0
+    """Largest event ts seen for this device."""
+    last_ts: int = 0
+    pending: list[TurnState] = dataclasses.field(default_factory=list)
+    """Turns not yet final, in arrival order."""
+    recent_ids: dict[str, None] = dataclasses.field(default_factory=dict)
+    """Recently seen event ids (bounded) to drop at-least-once re-deliveries."""
+    recent_turns: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Finalised turn id -> ts, kept for the teach window so late feedback can refer to it."""
+    unknown_turns: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    """(ts, event_id) of unknown-intent / low-NLU-confidence turns in the teach window."""
+    unknown_flagged_until: int = 0
+
+    def seen(self, event_id: str, capacity: int) -> bool:
+        """True if ``event_id`` was seen recently; otherwise remember it."""
+        ids = self.recent_ids
+        if event_id in ids:
+            return True
+        ids[event_id] = None
+        if len(ids) > capacity:
+            del ids[next(iter(ids))]  # dicts keep insertion order: this is the oldest id
+        return False
+
+    def find_pending(self, event_id: str) -> TurnState | None:
+        for turn in self.pending:
+            if turn.event_id == event_id:
+                return turn
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "watermark": self.watermark,
+            "last_ts": self.last_ts,
+            "pending": [t.to_dict() for t in self.pending],
+            "recent_ids": list(self.recent_ids),
+            "recent_turns": self.recent_turns,
+            "unknown_turns": [list(u) for u in self.unknown_turns],
+            "unknown_flagged_until": self.unknown_flagged_until,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceState:
+        return cls(
+            device_id=data["device_id"],
+            watermark=data["watermark"],
+            last_ts=data["last_ts"],
+            pending=[TurnState.from_dict(t) for t in data["pending"]],
+            recent_ids=dict.fromkeys(data["recent_ids"]),
+            recent_turns=dict(data["recent_turns"]),
+            unknown_turns=[(int(ts), str(eid)) for ts, eid in data["unknown_turns"]],
+            unknown_flagged_until=data["unknown_flagged_until"],
+        )

@@ -1,0 +1,105 @@
+"""All configuration in one place: dataclasses with ``FEEDBACK_STREAM_*`` environment overrides.
+
+Every field can be overridden by an environment variable named ``FEEDBACK_STREAM_`` plus the
+field name in upper case, e.g. ``FEEDBACK_STREAM_REPHRASE_WINDOW_MS=30000``.
+
+>>> s = Settings.from_env({"FEEDBACK_STREAM_REPHRASE_WINDOW_MS": "30000"})
+>>> s.rephrase_window_ms
+30000
+>>> s.topic("defects")
+'feedback.defects'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+ENV_PREFIX = "FEEDBACK_STREAM_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # --- detection (event time, milliseconds) ---
+    rephrase_window_ms: int = 45_000
+    """A later turn of the same device within this window may be a rephrase of an earlier one."""
+    rephrase_threshold: float = 0.5
+    """Rephrase scorer probability at or above which a candidate counts as a rephrase."""
+    stop_followup_ms: int = 10_000
+    """A "stop"/"cancel"/"no" turn within this time of a turn marks that turn defective."""
+    allowed_lateness_ms: int = 60_000
+    """Events older than the device watermark minus this are dead-lettered as late."""
+    device_idle_ms: int = 30 * 60_000
+    """Session state of a device with no events for this long (event time) is dropped."""
+    dedupe_capacity: int = 256
+    """Event ids remembered per device to drop at-least-once re-deliveries."""
+    # --- teachable moments ---
+    teach_repeat_count: int = 3
+    """A device repeating/rephrasing one request this many times is a teachable moment."""
+    teach_unknown_count: int = 2
+    """Unknown-intent / low-NLU-confidence turns of one device within the window to flag."""
+    teach_window_ms: int = 120_000
+    low_nlu_confidence: float = 0.3
+    low_asr_confidence: float = 0.5
+    # --- estimates ---
+    max_tracked_keys: int = 200_000
+    """Cap on defect-rate estimators per key type (least recently updated are evicted)."""
+    top_k: int = 20
+    # --- input limits ---
+    max_message_bytes: int = 1_048_576
+    max_field_chars: int = 4_096
+    max_json_depth: int = 16
+    min_ts: int = 946_684_800_000  # 2000-01-01
+    max_ts: int = 4_102_444_800_000  # 2100-01-01
+    # --- Kafka (used only by topologies/) ---
+    bootstrap_servers: str = ""
+    """Empty means: start the embedded tansu broker."""
+    input_topic: str = "interactions"
+    topic_prefix: str = "feedback."
+    partitions: int = 4
+    app_id: str = "feedback-stream"
+    web_port: int = 6066
+    web_bind: str = "127.0.0.1"
+    state_dir: str = "/tmp/feedback-stream"
+    session_timeout_s: float = 6.0
+    batch_size: int = 2_000
+    batch_within_s: float = 0.05
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+
+    def topic(self, stream: str) -> str:
+        """Kafka topic name of an output stream."""
+        return f"{self.topic_prefix}{stream}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``FEEDBACK_STREAM_*`` variables, then explicit keyword overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is None:
+                continue
+            kind = type(field.default)
+            try:
+                values[field.name] = kind(raw) if kind is not bool else raw.lower() in (
+                    "1", "true", "yes")
+            except ValueError as exc:
+                raise ValueError(
+                    f"{ENV_PREFIX}{field.name.upper()}={raw!r}: expected {kind.__name__}"
+                ) from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, Any]]:
+        """(environment variable, type, default) for every setting: used by ``--help`` and docs."""
+        return [
+            (ENV_PREFIX + f.name.upper(), type(f.default).__name__, f.default)
+            for f in dataclasses.fields(cls)
+        ]

@@ -1,0 +1,1 @@
+"""Kafka wiring of the ``stream`` core (Faust agents, embedded broker, CLI)."""

@@ -1,0 +1,462 @@
+"""Prometheus export of the pipeline's health: ``PipelineMetrics`` and ``render``.
+
+The pure engine keeps plain ``collections.Counter`` objects (``stream.stats.EngineStats``); this
+module is the only place that knows about Prometheus. Every metric is prefixed
+``feedback_stream_`` and every label has a bounded value set, so the number of series is fixed
+no matter what the input stream contains:
+
+* closed label sets (outcome, dead-letter reason, signal kind, key type) map unknown values to
+  ``"other"``;
+* open label sets (event type, failure point, eviction kind, topic) accept the first
+  ``max_label_values`` distinct values and map later ones to ``"other"``;
+* the top-K table (the only label carrying free text) is replaced wholesale on each update, so
+  at most ``top_k`` series exist at any time.
+
+Dead letters are exported twice on purpose, without inventing data: the engine counts
+``events[(type, outcome)]`` and ``dead_letters[reason]`` separately (a dead letter's type is
+usually unknown because it failed to parse), so ``events_total{type, outcome}`` and
+``dead_letters_total{reason}`` mirror those two counters instead of a joint
+``{type, outcome, reason}`` that the engine never observed.
+
+>>> m = PipelineMetrics()
+>>> m.set_top_defects([("play jazz", 0.4, 120)])
+>>> m.registry.get_sample_value(
+...     "feedback_stream_top_defect_rate", {"rank": "1", "utterance": "play jazz"})
+0.4
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+from prometheus_client import start_http_server as _prom_start_http_server
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from stream.records import KEY_TYPES
+from stream.stats import EngineStats
+
+PREFIX = "feedback_stream_"
+OTHER = "other"
+
+OUTCOMES: tuple[str, ...] = ("ok", "dead_letter", "duplicate")
+DEAD_LETTER_REASONS: tuple[str, ...] = (
+    "invalid_utf8",
+    "invalid_json",
+    "not_object",
+    "too_large",
+    "too_deep",
+    "missing_field",
+    "wrong_type",
+    "invalid_value",
+    "unknown_type",
+    "bad_timestamp",
+    "unknown_turn",
+    "late",
+    "field_too_long",
+)
+SIGNAL_KINDS: tuple[str, ...] = (
+    "barge_in",
+    "rephrase",
+    "defect",
+    "teachable_moment",
+    "rewrite_trigger",
+    "drift_alert",
+)
+
+# Event time to emit spans sub-millisecond (hot path) up to the allowed lateness (60 s) and
+# beyond during catch-up after an outage, hence the long tail.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0,
+)
+# Per-event processing cost is microseconds; the upper buckets catch pathological batches.
+PROCESSING_BUCKETS: tuple[float, ...] = (
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1,
+)
+# Utterances are free text; a long one would bloat every scrape and Grafana legend.
+MAX_UTTERANCE_LABEL_CHARS = 120
+
+
+class BoundedLabel:
+    """Maps raw values to a bounded label-value set.
+
+    >>> closed = BoundedLabel(known=("a", "b"))
+    >>> closed("a"), closed("zzz")
+    ('a', 'other')
+    >>> open_ = BoundedLabel(cap=2)
+    >>> [open_(v) for v in ("x", "y", "z", "x")]
+    ['x', 'y', 'other', 'x']
+    """
+
+    def __init__(self, known: Iterable[str] | None = None, cap: int = 32) -> None:
+        self._known = frozenset(known) if known is not None else None
+        self._seen: set[str] = set()
+        self._cap = cap
+        self._lock = threading.Lock()
+
+    def __call__(self, raw: object) -> str:
+        value = str(raw)
+        if self._known is not None:
+            return value if value in self._known else OTHER
+        if value in self._seen:
+            return value
+        # First come, first served: a flood of junk values later on cannot evict real ones.
+        with self._lock:
+            if len(self._seen) < self._cap:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+
+class _WeightedHistogram:
+    """A histogram collector whose ``observe`` takes a weight.
+
+    prometheus_client's ``Histogram.observe`` has no weight, and observing a 2,000-event batch
+    2,000 times would cost more than processing it; bucket counts here are plain integers
+    updated once per call.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self._doc = documentation
+        self._bounds = tuple(sorted(buckets))
+        self._counts = [0] * (len(self._bounds) + 1)  # last slot is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float, weight: int = 1) -> None:
+        if weight <= 0:
+            return
+        slot = bisect.bisect_left(self._bounds, value)  # first bound >= value, i.e. `le`
+        with self._lock:
+            self._counts[slot] += weight
+            self._sum += value * weight
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        slots = [(bisect.bisect_left(self._bounds, v), v) for v in values]
+        with self._lock:
+            for slot, value in slots:
+                self._counts[slot] += 1
+                self._sum += value
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self._doc)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts = list(self._counts)
+            total = self._sum
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
+            running += count
+            buckets.append((floatToGoString(bound), running))
+        yield HistogramMetricFamily(self.name, self._doc, buckets=buckets, sum_value=total)
+
+
+class _TopDefectsCollector:
+    """Exports the current top-K as ``{rank, utterance}`` gauges, replaced wholesale.
+
+    A snapshot tuple swapped by reference rather than ``Gauge.clear()`` + K ``set()`` calls:
+    a scrape landing between those calls would see a partial (or empty) table.
+    """
+
+    RATE = PREFIX + "top_defect_rate"
+    PLAYS = PREFIX + "top_defect_plays"
+
+    def __init__(self, top_k: int) -> None:
+        self._top_k = top_k
+        self._rows: tuple[tuple[str, str, float, int], ...] = ()
+
+    def update(self, items: Sequence[tuple[str, float, int]]) -> None:
+        self._rows = tuple(
+            (str(rank), utterance[:MAX_UTTERANCE_LABEL_CHARS], float(rate), int(plays))
+            for rank, (utterance, rate, plays) in enumerate(items[: self._top_k], start=1)
+        )
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ["rank", "utterance"]
+        return (
+            GaugeMetricFamily(
+                self.RATE,
+                "Defect rate of the K most defective utterances; rank 1 is the worst. "
+                "Only the current top K series exist.",
+                labels=labels,
+            ),
+            GaugeMetricFamily(
+                self.PLAYS,
+                "Plays (turns) behind each top_defect_rate entry, same rank and utterance.",
+                labels=labels,
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        rate, plays = self._families()
+        for rank, utterance, value, count in self._rows:
+            rate.add_metric([rank, utterance], value)
+            plays.add_metric([rank, utterance], count)
+        yield rate
+        yield plays
+
+
+class PipelineMetrics:
+    """All Prometheus metrics of one worker process.
+
+    With ``registry=None`` a private registry is created that also carries the process, platform
+    and GC collectors (what a worker wants on ``/metrics``); a registry passed in gets only the
+    pipeline's metrics, which keeps tests independent of each other.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        top_k: int = 20,
+        max_label_values: int = 32,
+    ) -> None:
+        if registry is None:
+            registry = CollectorRegistry()
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                registry.register(collector)
+        self.registry = registry
+        self.top_k = top_k
+
+        self._outcome = BoundedLabel(OUTCOMES)
+        self._reason = BoundedLabel(DEAD_LETTER_REASONS)
+        self._kind = BoundedLabel(SIGNAL_KINDS)
+        self._key_type = BoundedLabel(KEY_TYPES)
+        self._event_type = BoundedLabel(cap=max_label_values)
+        self._failure_point = BoundedLabel(cap=max_label_values)
+        self._eviction_kind = BoundedLabel(cap=max_label_values)
+        self._topic = BoundedLabel(cap=max_label_values)
+
+        def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(PREFIX + name, doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+            return Gauge(PREFIX + name, doc, labels, registry=registry)
+
+        self.events = counter(
+            "events_total",
+            "Input events by event type and outcome (ok, dead_letter, duplicate). Dead letters "
+            "usually have type 'unknown'; their reasons are in dead_letters_total.",
+            ("type", "outcome"),
+        )
+        self.dead_letters = counter(
+            "dead_letters_total", "Events sent to the dead-letter stream, by reason code.",
+            ("reason",),
+        )
+        self.signals = counter(
+            "signals_total", "Implicit-feedback signals emitted, by kind.", ("kind",)
+        )
+        self.defects = counter(
+            "defects_total", "Defective turns detected, by failure point.", ("failure_point",)
+        )
+        self.evictions = counter(
+            "state_evictions_total",
+            "State entries evicted (idle devices, least recently updated estimators), by kind.",
+            ("kind",),
+        )
+        self.producer_errors = counter(
+            "producer_errors_total", "Output records that failed to be produced, by topic.",
+            ("topic",),
+        )
+        self.producer_retries = counter(
+            "producer_retries_total", "Produce attempts retried after a transient error."
+        )
+        self.consumer_lag = gauge(
+            "consumer_lag",
+            "Messages not yet consumed: partition end offset minus consumer position.",
+            ("topic", "partition"),
+        )
+        self.watermark_delay = gauge(
+            "watermark_delay_seconds",
+            "Wall-clock time minus the event-time watermark of the processed stream.",
+        )
+        self.tracked_devices = gauge("tracked_devices", "Devices with live session state.")
+        self.tracked_keys = gauge(
+            "tracked_keys", "Defect-rate estimators held, by key type.", ("key_type",)
+        )
+        self.markov_states = gauge("markov_states", "States in the dialogue Markov model.")
+
+        self.emit_latency = _WeightedHistogram(
+            PREFIX + "event_to_emit_latency_seconds",
+            "Wall-clock time of emitting an output minus the event time of the event that "
+            "triggered it.",
+            LATENCY_BUCKETS,
+        )
+        self.processing = _WeightedHistogram(
+            PREFIX + "event_processing_seconds",
+            "Processing time per event: each batch's duration divided by its size, counted "
+            "once per event in the batch.",
+            PROCESSING_BUCKETS,
+        )
+        self._top = _TopDefectsCollector(top_k)
+        for collector in (self.emit_latency, self.processing, self._top):
+            registry.register(collector)  # type: ignore[arg-type]
+
+        # Series of closed label sets exist from the start, so rate() and "no dead letters"
+        # panels show 0 instead of "no data".
+        for reason in (*DEAD_LETTER_REASONS, OTHER):
+            self.dead_letters.labels(reason)
+        for kind in SIGNAL_KINDS:
+            self.signals.labels(kind)
+
+        self._last_seen: dict[Hashable, dict[str, dict[Any, int]]] = {}
+        self._sync_lock = threading.Lock()
+
+    # --- engine counters -------------------------------------------------------------------
+
+    def sync_stats(self, stats: EngineStats, source: Hashable = None) -> None:
+        """Add what the engine counted since the previous call to the Prometheus counters.
+
+        Cheap (proportional to the number of distinct keys, not events): call it once per
+        batch. ``stats`` is cumulative; a key whose value went down means the engine's counters
+        were reset, and its whole new value is counted, as Prometheus does for counter resets.
+        Each ``source`` (e.g. one engine per partition) is tracked separately; call
+        ``forget_source`` when that engine goes away.
+        """
+        targets: tuple[tuple[str, Mapping[Any, int], Callable[[Any, int], None]], ...] = (
+            ("events", stats.events, self._inc_event),
+            ("dead_letters", stats.dead_letters,
+             lambda k, d: self.dead_letters.labels(self._reason(k)).inc(d)),
+            ("signals", stats.signals, lambda k, d: self.signals.labels(self._kind(k)).inc(d)),
+            ("failure_points", stats.failure_points,
+             lambda k, d: self.defects.labels(self._failure_point(k)).inc(d)),
+            ("evictions", stats.evictions,
+             lambda k, d: self.evictions.labels(self._eviction_kind(k)).inc(d)),
+        )
+        with self._sync_lock:
+            last_by_field = self._last_seen.setdefault(source, {})
+            for field, current, inc in targets:
+                last = last_by_field.get(field, {})
+                for key, value in current.items():
+                    previous = last.get(key, 0)
+                    delta = value - previous if value >= previous else value
+                    if delta > 0:
+                        inc(key, delta)
+                # A copy, not a reference: the engine keeps mutating its Counter.
+                last_by_field[field] = dict(current)
+
+    def forget_source(self, source: Hashable) -> None:
+        """Drop the remembered values of a ``sync_stats`` source (e.g. a revoked partition)."""
+        with self._sync_lock:
+            self._last_seen.pop(source, None)
+
+    def _inc_event(self, key: tuple[str, str], delta: int) -> None:
+        event_type, outcome = key
+        self.events.labels(self._event_type(event_type), self._outcome(outcome)).inc(delta)
+
+    # --- timings ---------------------------------------------------------------------------
+
+    def observe_batch(self, n_events: int, seconds: float) -> None:
+        """Record a processed batch as ``n_events`` observations of ``seconds / n_events``.
+
+        Per-event timing would cost more than the work it measures; the batch mean weighted by
+        batch size keeps ``_count`` equal to events processed and ``_sum`` equal to time spent,
+        so rate(_sum)/rate(_count) is the exact mean. Quantiles describe batch means, which
+        hide variance between events of one batch.
+        """
+        if n_events <= 0:
+            return
+        self.processing.observe(max(seconds, 0.0) / n_events, weight=n_events)
+
+    def observe_emit_latency(self, event_ts_ms: int, now_s: float) -> None:
+        """Record one output: ``now_s`` (wall clock, seconds) minus its trigger's event time."""
+        # Clamped: a device clock ahead of ours would give negative latencies that pull the
+        # sum (and so the mean) below what any output actually waited.
+        self.emit_latency.observe(max(now_s - event_ts_ms / 1000.0, 0.0))
+
+    def observe_emit_latencies(self, event_ts_ms: Iterable[int], now_s: float) -> None:
+        """``observe_emit_latency`` for every output of a batch emitted at ``now_s``."""
+        self.emit_latency.observe_many(max(now_s - ts / 1000.0, 0.0) for ts in event_ts_ms)
+
+    # --- gauges ----------------------------------------------------------------------------
+
+    def set_lag(self, topic: str, partition: int | str, lag: int) -> None:
+        """Set the consumer lag (end offset - position) of one assigned partition.
+
+        Meaningful only against a real Kafka broker: the embedded tansu broker reports wrong
+        end offsets, so lag is noise there. Negative values (a stale end offset) are clamped.
+        """
+        self.consumer_lag.labels(self._topic(topic), str(partition)).set(max(lag, 0))
+
+    def remove_lag(self, topic: str, partition: int | str) -> None:
+        """Drop the lag series of a partition this worker no longer owns (after a rebalance)."""
+        try:
+            self.consumer_lag.remove(self._topic(topic), str(partition))
+        except KeyError:
+            pass
+
+    def set_watermark_delay(self, seconds: float) -> None:
+        self.watermark_delay.set(seconds)
+
+    def set_state_sizes(self, devices: int, keys: Mapping[str, int], markov_states: int) -> None:
+        """Set the state-size gauges; ``keys`` maps key type (utterance, intent, ...) to count."""
+        self.tracked_devices.set(devices)
+        totals: dict[str, int] = {}
+        for key_type, count in keys.items():
+            label = self._key_type(key_type)
+            totals[label] = totals.get(label, 0) + count
+        for label, count in totals.items():
+            self.tracked_keys.labels(label).set(count)
+        self.markov_states.set(markov_states)
+
+    def set_top_defects(self, items: Sequence[tuple[str, float, int]]) -> None:
+        """Replace the top-K table with ``items`` = (utterance, rate, plays), best rank first.
+
+        Items past ``top_k`` are ignored; previous utterances no longer in the list disappear
+        from the next scrape.
+        """
+        self._top.update(items)
+
+    # --- producer --------------------------------------------------------------------------
+
+    def producer_error(self, topic: str) -> None:
+        self.producer_errors.labels(self._topic(topic)).inc()
+
+    def producer_retry(self, n: int = 1) -> None:
+        self.producer_retries.inc(n)
+
+    # --- exposition ------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        return render(self.registry)
+
+    def start_http_server(self, port: int, addr: str = "127.0.0.1") -> WSGIServer:
+        """Serve this registry on ``/metrics`` (see the module-level ``start_http_server``)."""
+        return start_http_server(port, addr, self.registry)
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The registry in Prometheus text format; serve it as ``CONTENT_TYPE_LATEST``."""
+    return generate_latest(registry)
+
+
+def start_http_server(
+    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
+) -> WSGIServer:
+    """Serve ``/metrics`` from a daemon thread; ``.shutdown()`` the returned server to stop.
+
+    ``port=0`` picks a free port: read it from ``server.server_port``.
+    """
+    if registry is None:
+        registry = PipelineMetrics().registry
+    server, _thread = _prom_start_http_server(port, addr, registry=registry)
+    return server
