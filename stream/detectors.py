@@ -59,6 +59,7 @@ class RephraseScorer:
         "sorted": 1.5,
         "contain": 2.5,
         "phonetic": 2.0,
+        "swap": -3.5,
         "prev_interrupted": 0.7,
         "same_intent": 0.6,
         "same_domain": 0.3,

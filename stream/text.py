@@ -26,6 +26,13 @@ STOP_PHRASES = frozenset({
 })
 
 
+# Words whose addition or removal does not change a request (for the ``swap`` feature).
+FILLERS = frozenset({
+    "please", "the", "a", "an", "some", "me", "my", "can", "could", "would", "you", "hey",
+    "um", "uh", "just", "now", "again", "i", "want", "to", "like", "said",
+})
+
+
 def normalize(text: str) -> str:
     """Lower-case, punctuation removed (apostrophes inside words kept), whitespace collapsed."""
     text = _PUNCT.sub(" ", text.lower())
@@ -62,14 +69,23 @@ def similarity(a: str, b: str) -> dict[str, float]:
     (character n-gram-like, robust to small ASR slips); ``sorted``: the same on word-sorted
     strings (word-order changes); ``contain``: share of the shorter utterance's words that
     the longer one has (additions such as "... audiobook"); ``phonetic``: Jaccard of
-    metaphone codes (near-homophones).
+    metaphone codes (near-homophones); ``swap``: 1 when both sides have words the other
+    lacks and those words do not sound or look alike ("add milk ..." -> "add eggs ..." is a
+    new request with another slot value, "play jas" -> "play jazz" is not a swap).
     """
     ta, tb = set(a.split()), set(b.split())
     inter = len(ta & tb)
+    only_a, only_b = ta - tb - FILLERS, tb - ta - FILLERS
+    swap = 0.0
+    if only_a and only_b:
+        da, db = " ".join(sorted(only_a)), " ".join(sorted(only_b))
+        if fuzz.ratio(da, db) < 60.0 and not (_phonetic_tokens(da) & _phonetic_tokens(db)):
+            swap = 1.0
     return {
         "token": inter / len(ta | tb) if ta or tb else 1.0,
         "char": fuzz.ratio(a, b) / 100.0,
         "sorted": fuzz.token_sort_ratio(a, b) / 100.0,
         "contain": inter / min(len(ta), len(tb)) if ta and tb else 0.0,
         "phonetic": _jaccard(_phonetic_tokens(a), _phonetic_tokens(b)),
+        "swap": swap,
     }
