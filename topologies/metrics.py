@@ -28,6 +28,7 @@ usually unknown because it failed to parse), so ``events_total{type, outcome}`` 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -53,28 +55,14 @@ PREFIX = "feedback_stream_"
 OTHER = "other"
 
 OUTCOMES: tuple[str, ...] = ("ok", "dead_letter", "duplicate")
+# The engine's dead-letter reason codes; anything else is exported as "other".
 DEAD_LETTER_REASONS: tuple[str, ...] = (
-    "invalid_utf8",
-    "invalid_json",
-    "not_object",
-    "too_large",
-    "too_deep",
-    "missing_field",
-    "wrong_type",
-    "invalid_value",
-    "unknown_type",
-    "bad_timestamp",
-    "unknown_turn",
-    "late",
+    "invalid_utf8", "invalid_json", "not_object", "too_large", "too_deep", "missing_field",
+    "wrong_type", "invalid_value", "unknown_type", "bad_timestamp", "unknown_turn", "late",
     "field_too_long",
 )
 SIGNAL_KINDS: tuple[str, ...] = (
-    "barge_in",
-    "rephrase",
-    "defect",
-    "teachable_moment",
-    "rewrite_trigger",
-    "drift_alert",
+    "barge_in", "rephrase", "defect", "teachable_moment", "rewrite_trigger", "drift_alert",
 )
 
 # Event time to emit spans sub-millisecond (hot path) up to the allowed lateness (60 s) and
@@ -184,7 +172,7 @@ class _TopDefectsCollector:
 
     def update(self, items: Sequence[tuple[str, float, int]]) -> None:
         self._rows = tuple(
-            (str(rank), utterance[:MAX_UTTERANCE_LABEL_CHARS], float(rate), int(plays))
+            (str(rank), str(utterance)[:MAX_UTTERANCE_LABEL_CHARS], float(rate), int(plays))
             for rank, (utterance, rate, plays) in enumerate(items[: self._top_k], start=1)
         )
 
@@ -246,67 +234,43 @@ class PipelineMetrics:
         self._eviction_kind = BoundedLabel(cap=max_label_values)
         self._topic = BoundedLabel(cap=max_label_values)
 
-        def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+        def counter(name: str, doc: str, *labels: str) -> Counter:
             return Counter(PREFIX + name, doc, labels, registry=registry)
 
-        def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
             return Gauge(PREFIX + name, doc, labels, registry=registry)
 
         self.events = counter(
-            "events_total",
-            "Input events by event type and outcome (ok, dead_letter, duplicate). Dead letters "
-            "usually have type 'unknown'; their reasons are in dead_letters_total.",
-            ("type", "outcome"),
-        )
+            "events_total", "Input events by event type and outcome (ok, dead_letter, duplicate)."
+            " Dead letters usually have type 'unknown'; reasons are in dead_letters_total.",
+            "type", "outcome")
         self.dead_letters = counter(
-            "dead_letters_total", "Events sent to the dead-letter stream, by reason code.",
-            ("reason",),
-        )
-        self.signals = counter(
-            "signals_total", "Implicit-feedback signals emitted, by kind.", ("kind",)
-        )
+            "dead_letters_total", "Events sent to the dead-letter stream, by reason.", "reason")
+        self.signals = counter("signals_total", "Feedback signals emitted, by kind.", "kind")
         self.defects = counter(
-            "defects_total", "Defective turns detected, by failure point.", ("failure_point",)
-        )
+            "defects_total", "Defective turns detected, by failure point.", "failure_point")
         self.evictions = counter(
-            "state_evictions_total",
-            "State entries evicted (idle devices, least recently updated estimators), by kind.",
-            ("kind",),
-        )
+            "state_evictions_total", "State entries evicted (idle devices, least recently "
+            "updated estimators), by kind.", "kind")
         self.producer_errors = counter(
-            "producer_errors_total", "Output records that failed to be produced, by topic.",
-            ("topic",),
-        )
+            "producer_errors_total", "Output records that failed to be produced.", "topic")
         self.producer_retries = counter(
-            "producer_retries_total", "Produce attempts retried after a transient error."
-        )
+            "producer_retries_total", "Produce attempts retried after a transient error.")
         self.consumer_lag = gauge(
-            "consumer_lag",
-            "Messages not yet consumed: partition end offset minus consumer position.",
-            ("topic", "partition"),
-        )
+            "consumer_lag", "Messages not yet consumed: partition end offset minus position.",
+            "topic", "partition")
         self.watermark_delay = gauge(
-            "watermark_delay_seconds",
-            "Wall-clock time minus the event-time watermark of the processed stream.",
-        )
+            "watermark_delay_seconds", "Wall-clock time minus the event-time watermark.")
         self.tracked_devices = gauge("tracked_devices", "Devices with live session state.")
         self.tracked_keys = gauge(
-            "tracked_keys", "Defect-rate estimators held, by key type.", ("key_type",)
-        )
+            "tracked_keys", "Defect-rate estimators held, by key type.", "key_type")
         self.markov_states = gauge("markov_states", "States in the dialogue Markov model.")
-
         self.emit_latency = _WeightedHistogram(
-            PREFIX + "event_to_emit_latency_seconds",
-            "Wall-clock time of emitting an output minus the event time of the event that "
-            "triggered it.",
-            LATENCY_BUCKETS,
-        )
+            PREFIX + "event_to_emit_latency_seconds", "Wall-clock time of emitting an output "
+            "minus the event time of the event that triggered it.", LATENCY_BUCKETS)
         self.processing = _WeightedHistogram(
-            PREFIX + "event_processing_seconds",
-            "Processing time per event: each batch's duration divided by its size, counted "
-            "once per event in the batch.",
-            PROCESSING_BUCKETS,
-        )
+            PREFIX + "event_processing_seconds", "Processing time per event: each batch's "
+            "duration divided by its size, counted once per event.", PROCESSING_BUCKETS)
         self._top = _TopDefectsCollector(top_k)
         for collector in (self.emit_latency, self.processing, self._top):
             registry.register(collector)  # type: ignore[arg-type]
@@ -334,13 +298,11 @@ class PipelineMetrics:
         """
         targets: tuple[tuple[str, Mapping[Any, int], Callable[[Any, int], None]], ...] = (
             ("events", stats.events, self._inc_event),
-            ("dead_letters", stats.dead_letters,
-             lambda k, d: self.dead_letters.labels(self._reason(k)).inc(d)),
-            ("signals", stats.signals, lambda k, d: self.signals.labels(self._kind(k)).inc(d)),
+            ("dead_letters", stats.dead_letters, self._inc_by(self.dead_letters, self._reason)),
+            ("signals", stats.signals, self._inc_by(self.signals, self._kind)),
             ("failure_points", stats.failure_points,
-             lambda k, d: self.defects.labels(self._failure_point(k)).inc(d)),
-            ("evictions", stats.evictions,
-             lambda k, d: self.evictions.labels(self._eviction_kind(k)).inc(d)),
+             self._inc_by(self.defects, self._failure_point)),
+            ("evictions", stats.evictions, self._inc_by(self.evictions, self._eviction_kind)),
         )
         with self._sync_lock:
             last_by_field = self._last_seen.setdefault(source, {})
@@ -358,6 +320,10 @@ class PipelineMetrics:
         """Drop the remembered values of a ``sync_stats`` source (e.g. a revoked partition)."""
         with self._sync_lock:
             self._last_seen.pop(source, None)
+
+    @staticmethod
+    def _inc_by(metric: Counter, label: BoundedLabel) -> Callable[[Any, int], None]:
+        return lambda key, delta: metric.labels(label(key)).inc(delta)
 
     def _inc_event(self, key: tuple[str, str], delta: int) -> None:
         event_type, outcome = key
@@ -399,10 +365,8 @@ class PipelineMetrics:
 
     def remove_lag(self, topic: str, partition: int | str) -> None:
         """Drop the lag series of a partition this worker no longer owns (after a rebalance)."""
-        try:
+        with contextlib.suppress(KeyError):
             self.consumer_lag.remove(self._topic(topic), str(partition))
-        except KeyError:
-            pass
 
     def set_watermark_delay(self, seconds: float) -> None:
         self.watermark_delay.set(seconds)
@@ -450,13 +414,11 @@ def render(registry: CollectorRegistry) -> bytes:
 
 
 def start_http_server(
-    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
+    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY
 ) -> WSGIServer:
     """Serve ``/metrics`` from a daemon thread; ``.shutdown()`` the returned server to stop.
 
     ``port=0`` picks a free port: read it from ``server.server_port``.
     """
-    if registry is None:
-        registry = PipelineMetrics().registry
     server, _thread = _prom_start_http_server(port, addr, registry=registry)
     return server
