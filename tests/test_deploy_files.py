@@ -6,8 +6,8 @@ and evaluates every dashboard query, so a query with a typo or a renamed metric 
 
 ``docker compose config`` needs no Docker daemon but does need the compose plugin, which this
 machine's docker CLI lacks; ``test_compose_config`` runs ``docker compose config`` or Debian's
-``docker-compose`` (v1) when either is installed and is skipped otherwise. The structural checks
-below run everywhere.
+``docker-compose`` (v1), which ``scripts/test.sh`` installs; with neither it fails. The
+structural checks below run everywhere.
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ def test_compose_config(compose: dict[str, Any]) -> None:
             [*command, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
         return
-    pytest.skip("neither `docker compose` nor `docker-compose` is installed (see module doc)")
+    pytest.fail("neither `docker compose` nor `docker-compose` is installed: "
+                "apt-get install docker-compose (scripts/test.sh does)")
 
 
 # --- Prometheus ----------------------------------------------------------------------------
