@@ -362,14 +362,18 @@ class EmbeddedBroker:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
-        self._forget_process()
+        self._forget_process(delete_log=False)  # the startup error message points at it
 
-    def _forget_process(self) -> None:
+    def _forget_process(self, delete_log: bool = True) -> None:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
         self._proc = None
         self._close_log()
+        if delete_log and self._user_log_path is None and self._log_path is not None:
+            # Our own temp file: only useful while the broker runs (errors quote its tail).
+            with contextlib.suppress(OSError):
+                self._log_path.unlink()
 
     def _close_log(self) -> None:
         if self._log_file is not None:

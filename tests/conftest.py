@@ -1,0 +1,48 @@
+"""Shared fixtures: one embedded broker per test session, unique topic names per test.
+
+The memory broker keeps every topic until it stops (RSS grows with each run), so tests share
+one broker and keep their data apart by topic name instead of restarting it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# `pytest` (unlike `python -m pytest`) does not put the repo root on sys.path.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from topologies.broker import BrokerError, EmbeddedBroker  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """A running tansu broker for the whole session; failing to start fails the tests."""
+    embedded = EmbeddedBroker()
+    try:
+        embedded.start()
+    except BrokerError as exc:
+        # Deliberately not a skip: without the broker the Kafka side is simply untested.
+        pytest.fail(f"the embedded Kafka broker did not start: {exc}", pytrace=False)
+    try:
+        yield embedded
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture
+def unique_topic(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """``unique_topic("input")`` -> a topic name no other test (or run) uses."""
+    test = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:80].strip("-")
+
+    def make(label: str = "t") -> str:
+        return f"{label}-{test}-{uuid.uuid4().hex[:8]}"
+
+    return make
