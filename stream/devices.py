@@ -92,7 +92,10 @@ class DeviceStage:
         if status:
             return status
         target = st.find_pending(fb.ref_event_id)
-        if target is None and fb.ref_event_id not in st.recent_turns:
+        if target is None and fb.ts - st.recent_turns.get(
+                fb.ref_event_id, -self.s.teach_window_ms) > self.s.teach_window_ms:
+            # Unknown, or final for longer than the teach window (same rule whatever the
+            # partitioning, so replay and Kafka agree).
             return "unknown_turn"
         out: list[Output] = []
         utterance = target.utterance if target is not None else None
@@ -136,6 +139,7 @@ class DeviceStage:
             st.watermark = ts
         st.last_ts = max(st.last_ts, ts)
         self.dirty.add(device_id)
+        self.removed.discard(device_id)  # expired earlier in this batch, active again
         return st, ""
 
     def _advance(self, watermark: int, out: list[Output]) -> None:
@@ -151,6 +155,7 @@ class DeviceStage:
                 if turn is not None:
                     st.pending.remove(turn)
                     self._finalize(st, turn, out)
+                    self.dirty.add(device_id)
         self._expire_idle(watermark)
 
     def _expire_idle(self, watermark: int) -> None:

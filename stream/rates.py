@@ -71,6 +71,7 @@ class RateStage:
         self.stats = stats_ if stats_ is not None else EngineStats()
         self.trackers: dict[str, dict[str, DefectRateTracker]] = {k: {} for k in KEY_TYPES}
         self.dirty: set[str] = set()
+        self.removed: set[str] = set()
 
     def apply(self, update: dict[str, Any]) -> Output:
         key_type, key = update["key_type"], update["key"]
@@ -79,9 +80,12 @@ class RateStage:
         if tracker is None:
             tracker = DefectRateTracker()
             if len(table) >= self.settings.max_tracked_keys:
-                del table[next(iter(table))]
+                evicted = next(iter(table))
+                del table[evicted]
+                self.removed.add(rate_key(key_type, evicted))
                 self.stats.evictions["estimator"] += 1
         table[key] = tracker
+        self.removed.discard(rate_key(key_type, key))
         tracker.update(update["defective"], update["ts"])
         self.dirty.add(rate_key(key_type, key))
         return Output(DEFECT_RATES, rate_key(key_type, key), self.record(key_type, key, tracker))
@@ -120,6 +124,8 @@ class RateStage:
         key_type, _, key = rkey.partition(":")
         self.trackers[key_type][key] = DefectRateTracker(*value)
 
-    def take_dirty(self) -> set[str]:
-        dirty, self.dirty = self.dirty, set()
-        return dirty
+    def take_dirty(self) -> tuple[set[str], set[str]]:
+        """(changed keys, evicted keys) since the last call, as ``key_type:key`` strings."""
+        dirty, removed = self.dirty - self.removed, self.removed
+        self.dirty, self.removed = set(), set()
+        return dirty, removed
