@@ -15,6 +15,7 @@ turn, ``get()`` is the posterior mean of a Beta(1 + defects, 1 + plays - defects
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from river import stats
@@ -57,6 +58,14 @@ class DefectRateTracker(stats.base.Univariate):
 
     def to_list(self) -> list[int]:
         return [self.plays, self.defects, self.updated_ts]
+
+
+def rank_defective(items: Iterable[tuple[str, DefectRateTracker]], k: int,
+                   min_plays: int = 5) -> list[tuple[str, DefectRateTracker]]:
+    """Keys with the highest posterior defect rate among those with ``min_plays`` plays."""
+    ranked = [(key, t) for key, t in items if t.plays >= min_plays]
+    ranked.sort(key=lambda kv: (-kv[1].get(), -kv[1].plays, kv[0]))
+    return ranked[:k]
 
 
 class RateStage:
@@ -109,10 +118,7 @@ class RateStage:
 
     def top_defective(self, k: int, key_type: str = "utterance",
                       min_plays: int = 5) -> list[tuple[str, DefectRateTracker]]:
-        """Keys with the highest posterior defect rate among those with ``min_plays`` plays."""
-        items = [(key, t) for key, t in self.trackers[key_type].items() if t.plays >= min_plays]
-        items.sort(key=lambda kv: (-kv[1].get(), -kv[1].plays, kv[0]))
-        return items[:k]
+        return rank_defective(self.trackers[key_type].items(), k, min_plays)
 
     # -- state for changelog-backed tables -------------------------------------------------------
     def export_key(self, rkey: str) -> list[int] | None:

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         cli_kafka = None
     if cli_kafka is not None:
         cli_kafka.register(sub)
+    from topologies import cli_run
+
+    cli_run.register(sub)
     return parser
 
 

@@ -1,0 +1,131 @@
+"""The Faust app: ``faust -A topologies.app worker`` (or ``feedback-stream worker``).
+
+Topology (all names configurable, see ``stream.settings``):
+
+    interactions (key device_id) --[detect: stage 1, per device]--> barge-ins, rephrases,
+        defects, teachable-moments, dead-letter, and rate-updates (key key_type:key)
+    rate-updates --[estimate: stage 2, per estimate key]--> defect-rates (compacted)
+
+State: table ``device-state`` (device_id -> session JSON) and table ``defect-rates``
+(key_type:key -> counts), both changelog-backed and co-partitioned with their input topics
+through Kafka's default key partitioner (``use_partitioner=True``), written once per changed key
+per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+import orjson
+
+from stream.records import OUTPUT_STREAMS, RATE_UPDATES, Output
+from stream.settings import Settings
+from stream.stats import EngineStats
+from topologies import faust_fixes
+from topologies.kafka_io import security_kwargs
+from topologies.processors import DeviceProcessor, Message, RateProcessor
+
+log = logging.getLogger(__name__)
+settings = Settings.from_env()
+faust_fixes.install_recovery_seek_fix()
+
+
+def faust_config(s: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "broker": "kafka://" + (s.bootstrap_servers or "127.0.0.1:9092"),
+        "store": "memory://",
+        "topic_partitions": s.partitions,
+        "topic_replication_factor": 1,
+        "web_port": s.web_port,
+        "web_bind": s.web_bind,
+        "web_host": s.web_bind,
+        "datadir": s.state_dir,
+        "table_standby_replicas": 0,
+        "consumer_auto_offset_reset": "earliest",
+    }
+    config.update(faust_fixes.broker_settings_for_tansu(s.session_timeout_s))
+    credentials = faust_credentials(s)
+    if credentials is not None:
+        config["broker_credentials"] = credentials
+    return config
+
+
+def faust_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:
+    """SASL / TLS settings as Faust credentials (None for PLAINTEXT)."""
+    opts = security_kwargs(s, "aiokafka")
+    if not opts:
+        return None
+    if opts.get("sasl_mechanism"):
+        return faust.SASLCredentials(
+            username=opts["sasl_plain_username"], password=opts["sasl_plain_password"],
+            mechanism=opts["sasl_mechanism"], ssl_context=opts.get("ssl_context"))
+    return faust.SSLCredentials(opts["ssl_context"])
+
+
+app = faust.App(settings.app_id, **faust_config(settings))
+
+
+def _raw_topic(name: str) -> faust.TopicT:
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw", partitions=settings.partitions)
+
+
+interactions = _raw_topic(settings.input_topic)
+rate_updates = _raw_topic(settings.topic(RATE_UPDATES))
+output_topics = {name: _raw_topic(settings.topic(name)) for name in OUTPUT_STREAMS}
+_state_schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw")
+device_table = app.Table("device-state", default=None, partitions=settings.partitions,
+                         use_partitioner=True, schema=_state_schema)
+rate_table = app.Table("defect-rates", default=None, partitions=settings.partitions,
+                       use_partitioner=True, schema=_state_schema)
+
+stats = EngineStats()
+devices = DeviceProcessor(settings, device_table, stats)
+rates = RateProcessor(settings, rate_table, stats)
+
+
+def _messages(events: list[faust.EventT]) -> list[Message]:
+    return [Message(e.message.key, e.message.value, e.message.partition, e.message.offset,
+                    e.message.topic) for e in events]
+
+
+def publish(outputs: list[Output]) -> None:
+    """Queue every output without awaiting each send (Faust's producer batches them)."""
+    for out in outputs:
+        topic = rate_updates if out.stream == RATE_UPDATES else output_topics[out.stream]
+        topic.send_soon(key=out.key.encode(), value=orjson.dumps(out.record))
+
+
+@app.agent(interactions)
+async def detect(stream: faust.StreamT) -> None:
+    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        publish(devices.process(_messages(batch)))
+
+
+@app.agent(rate_updates)
+async def estimate(stream: faust.StreamT) -> None:
+    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        publish(rates.process(_messages(batch)))
+
+
+@app.on_partitions_revoked.connect
+async def _on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
+    # Another worker may own these partitions now: drop in-memory state, the tables hold it.
+    devices.reset()
+    rates.reset()
+
+
+@app.page("/defect-rates")
+async def defect_rate_view(web: Any, request: Any) -> Any:
+    key_type = request.query.get("key_type", "utterance")
+    key = request.query.get("key") or request.query.get("utterance")
+    if not key:
+        return web.json({"error": "query parameter 'utterance' (or key_type + key) required"},
+                        status=400)
+    record = rates.lookup(key_type, key)
+    if record is None:
+        return web.json({"error": f"no estimate for {key_type} {key!r}"}, status=404)
+    return web.json(record)

@@ -1,0 +1,148 @@
+"""CLI subcommands ``worker`` and ``demo`` (the main job)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from stream.rates import DefectRateTracker, rank_defective
+from stream.records import DEFECT_RATES, OUTPUT_STREAMS
+from stream.replay import top_table
+from stream.settings import Settings
+from topologies.broker import BrokerError, EmbeddedBroker
+from topologies.kafka_io import KafkaIOError, produce_file, security_options
+from topologies.runner import (
+    PipelineError,
+    WorkerProcess,
+    collect_outputs,
+    demo_settings,
+    expected_counts,
+    prepare_topics,
+    settings_env,
+)
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
+
+WORKER_HELP = """\
+Run the Faust worker (same as `faust -A topologies.app worker`) with the settings below.
+Without --bootstrap-servers / FEEDBACK_STREAM_BOOTSTRAP_SERVERS it starts the embedded broker
+first and stops it on exit. Input and output topics are created if missing.
+"""
+
+DEMO_HELP = """\
+The whole pipeline end to end on this machine: start the embedded Kafka-protocol broker (or use
+--bootstrap-servers), create the topics, start a worker, replay a recorded stream into the
+input topic with a progress bar, wait until every output topic holds what the in-process engine
+makes of the same stream, print a summary read back from the output topics, and stop
+everything.
+"""
+
+
+@contextlib.contextmanager
+def broker_for(bootstrap: str | None) -> Iterator[str]:
+    """The given bootstrap servers, or an embedded broker for the duration of the block."""
+    if bootstrap:
+        yield bootstrap
+        return
+    with EmbeddedBroker() as broker:
+        print(f"embedded broker (tansu) listening on {broker.bootstrap}", file=sys.stderr)
+        yield broker.bootstrap
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("worker", help="run the Faust stream worker",
+                              description=WORKER_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bootstrap-servers", default=None)
+    p.add_argument("--web-port", type=int, default=None, help="HTTP port (/metrics, views)")
+    p.add_argument("--partitions", type=int, default=None)
+    p.add_argument("-l", "--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = subparsers.add_parser("demo", help="the main job: broker + worker + replay + summary",
+                              description=DEMO_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--file", default=str(SAMPLE), help="recorded stream (default: the sample)")
+    p.add_argument("--bootstrap-servers", default=None,
+                   help="use this Kafka instead of the embedded broker")
+    p.add_argument("--timeout", type=float, default=180.0,
+                   help="seconds to wait for the outputs (default: 180)")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    base = Settings.from_env(web_port=args.web_port, partitions=args.partitions)
+    try:
+        with broker_for(args.bootstrap_servers or base.bootstrap_servers) as bootstrap:
+            settings = dataclasses.replace(base, bootstrap_servers=bootstrap)
+            prepare_topics(settings)
+            worker = WorkerProcess(settings, loglevel=args.loglevel)
+            # Run in the foreground: the worker logs to our terminal, we forward signals.
+            os.environ.update(settings_env(settings))
+            proc = worker.start().proc
+            print(f"worker started (pid {proc.pid}, log {worker.log_path}); Ctrl-C stops it",
+                  file=sys.stderr)
+            try:
+                while worker.alive():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                pass
+            code = worker.stop(signal.SIGTERM)
+            if code not in (0, None, -signal.SIGTERM):
+                print(worker.log_tail(), file=sys.stderr)
+            return 0 if code in (0, None, -signal.SIGTERM) else 1
+    except (BrokerError, KafkaIOError) as exc:
+        print(f"feedback-stream worker: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not Path(args.file).is_file():
+        print(f"feedback-stream demo: error: no such file: {args.file}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        with broker_for(args.bootstrap_servers) as bootstrap:
+            settings = demo_settings(bootstrap)
+            prepare_topics(settings)
+            expected = expected_counts(args.file, settings)
+            with WorkerProcess(settings) as worker:
+                print(f"worker started (log {worker.log_path})", file=sys.stderr)
+                stats = produce_file(args.file, bootstrap, settings.input_topic,
+                                     progress=not args.no_progress,
+                                     **security_options(settings))
+                print(f"replayed {stats.lines} events into {settings.input_topic}",
+                      file=sys.stderr)
+                outputs = collect_outputs(settings, expected, timeout_s=args.timeout,
+                                          worker=worker)
+    except (BrokerError, KafkaIOError, PipelineError) as exc:
+        print(f"feedback-stream demo: error: {exc}", file=sys.stderr)
+        return 1
+    print(demo_summary(outputs, settings, expected, args.top))
+    print(f"done in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def demo_summary(outputs: dict[str, list[dict[str, Any]]], settings: Settings,
+                 expected: Any, top: int) -> str:
+    lines = ["records per output topic (read back from Kafka; in-process replay in brackets):"]
+    for name in OUTPUT_STREAMS:
+        lines.append(f"  {settings.topic(name):<28} {len(outputs[name]):>7}  "
+                     f"[{expected.get(name, 0)}]")
+    latest: dict[str, DefectRateTracker] = {}
+    for rec in outputs[DEFECT_RATES]:
+        if rec["key_type"] == "utterance":
+            latest[rec["key"]] = DefectRateTracker(rec["plays"], rec["defects"],
+                                                   rec["updated_ts"])
+    lines.append(top_table(rank_defective(latest.items(), top)))
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Run the pipeline end to end: worker processes, topic setup, replay in, read results back.
+
+Used by ``feedback-stream worker`` / ``demo`` and by the integration tests, so the demo and the
+tests exercise the same code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream.engine import FeedbackEngine
+from stream.records import DEFECT_RATES, OUTPUT_STREAMS, RATE_UPDATES
+from stream.replay import iter_lines
+from stream.settings import ENV_PREFIX, Settings
+from topologies.broker import free_port
+from topologies.kafka_io import create_topics, read_topic, security_options
+
+
+class PipelineError(RuntimeError):
+    """The pipeline did not produce what was expected; the message says what and where."""
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a worker process see ``settings``."""
+    return {ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name))
+            for f in dataclasses.fields(settings)}
+
+
+class WorkerProcess:
+    """One Faust worker (``faust -A topologies.app worker``) as a child process."""
+
+    def __init__(self, settings: Settings, log_path: str | Path | None = None,
+                 loglevel: str = "warn") -> None:
+        self.settings = settings
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(
+            prefix="feedback-stream-worker-", suffix=".log")[1])
+        self.loglevel = loglevel
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **settings_env(self.settings)}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "topologies.app", "worker",
+             "-l", self.loglevel],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
+        """Stop (SIGTERM: graceful; SIGKILL: crash) and wait; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def topic_layout(settings: Settings) -> tuple[dict[str, int], set[str]]:
+    """Topics to create (name -> partitions) and which of them are compacted."""
+    n = settings.partitions
+    topics = {settings.input_topic: n, settings.topic(RATE_UPDATES): n}
+    topics.update({settings.topic(name): n for name in OUTPUT_STREAMS})
+    return topics, {settings.topic(DEFECT_RATES)}
+
+
+def prepare_topics(settings: Settings) -> None:
+    topics, compacted = topic_layout(settings)
+    create_topics(settings.bootstrap_servers, topics, compacted=compacted,
+                  **security_options(settings))
+
+
+def expected_counts(path: str | Path, settings: Settings) -> Counter[str]:
+    """Records per output stream that the in-process engine makes of ``path``."""
+    engine = FeedbackEngine(settings)
+    counts: Counter[str] = Counter()
+    with open(path, "rb") as f:
+        for number, line in iter_lines(f):
+            counts.update(o.stream for o in engine.process(line, {"line": number}))
+    counts.update(o.stream for o in engine.flush())
+    return counts
+
+
+def collect_outputs(settings: Settings, expected: Counter[str], timeout_s: float = 120.0,
+                    idle_s: float = 3.0, worker: WorkerProcess | None = None,
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """Read every output topic until it holds at least the expected number of records.
+
+    Fails with the worker's log tail if the worker died or the records did not arrive in time.
+    """
+    deadline = time.monotonic() + timeout_s
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name in OUTPUT_STREAMS:
+        want = expected.get(name, 0)
+        while True:
+            if worker is not None and not worker.alive():
+                raise PipelineError(f"worker exited with {worker.proc.returncode}:\n"
+                                    f"{worker.log_tail()}")
+            records = read_topic(settings.bootstrap_servers, settings.topic(name),
+                                 timeout_s=idle_s, expected=want or None,
+                                 **security_options(settings))
+            if len(records) >= want:
+                break
+            if time.monotonic() > deadline:
+                tail = worker.log_tail() if worker else ""
+                raise PipelineError(f"{settings.topic(name)}: {len(records)} of {want} "
+                                    f"records after {timeout_s:.0f} s\n{tail}")
+        results[name] = [orjson.loads(r.value) for r in records if r.value is not None]
+    return results
+
+
+def demo_settings(bootstrap: str, **overrides: Any) -> Settings:
+    base = Settings.from_env()
+    web_port = overrides.pop("web_port", None) or free_port()
+    state_dir = overrides.pop("state_dir", None) or tempfile.mkdtemp(prefix="feedback-stream-")
+    return dataclasses.replace(base, bootstrap_servers=bootstrap, web_port=web_port,
+                               state_dir=state_dir, **overrides)
