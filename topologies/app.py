@@ -14,18 +14,19 @@ per batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import faust
-import orjson
 
-from stream.records import OUTPUT_STREAMS, RATE_UPDATES, Output
+from stream.records import RATE_UPDATES
 from stream.settings import Settings
 from stream.stats import EngineStats
 from topologies import faust_fixes
 from topologies.kafka_io import security_kwargs
 from topologies.processors import DeviceProcessor, Message, RateProcessor
+from topologies.publisher import OutputPublisher
 
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
@@ -74,7 +75,6 @@ def _raw_topic(name: str) -> faust.TopicT:
 
 interactions = _raw_topic(settings.input_topic)
 rate_updates = _raw_topic(settings.topic(RATE_UPDATES))
-output_topics = {name: _raw_topic(settings.topic(name)) for name in OUTPUT_STREAMS}
 _state_schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
                              value_serializer="raw")
 device_table = app.Table("device-state", default=None, partitions=settings.partitions,
@@ -92,23 +92,44 @@ def _messages(events: list[faust.EventT]) -> list[Message]:
                     e.message.topic) for e in events]
 
 
-def publish(outputs: list[Output]) -> None:
-    """Queue every output without awaiting each send (Faust's producer batches them)."""
-    for out in outputs:
-        topic = rate_updates if out.stream == RATE_UPDATES else output_topics[out.stream]
-        topic.send_soon(key=out.key.encode(), value=orjson.dumps(out.record))
+publisher = OutputPublisher(settings, settings.topic)
+
+
+async def _run(stream: faust.StreamT, processor: DeviceProcessor | RateProcessor) -> None:
+    try:
+        async for batch in stream.take_events(settings.batch_size,
+                                              within=settings.batch_within_s):
+            await publisher.publish(processor.process(_messages(batch)))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # Faust would keep the worker running with a dead agent: input piles up unprocessed
+        # and nobody notices. Crash the whole worker instead (non-zero exit) so a supervisor
+        # restarts it; the failed batch was not acknowledged and will be processed again.
+        log.exception("agent failed; stopping the worker")
+        await app.crash(exc)
+        raise
 
 
 @app.agent(interactions)
 async def detect(stream: faust.StreamT) -> None:
-    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        publish(devices.process(_messages(batch)))
+    await _run(stream, devices)
 
 
 @app.agent(rate_updates)
 async def estimate(stream: faust.StreamT) -> None:
-    async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-        publish(rates.process(_messages(batch)))
+    await _run(stream, rates)
+
+
+@app.on_before_shutdown.connect
+async def _on_shutdown(sender: Any, **kwargs: Any) -> None:
+    await publisher.stop()
+
+
+@app.on_partitions_assigned.connect
+async def _on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
+    mine = sorted(tp.partition for tp in assigned if tp.topic == settings.input_topic)
+    log.info("assigned input partitions: %s", mine)
 
 
 @app.on_partitions_revoked.connect

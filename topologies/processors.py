@@ -15,7 +15,7 @@ import orjson
 from kafka.partitioner.default import murmur2
 
 from stream.engine import DeviceEngine
-from stream.rates import RateStage
+from stream.rates import DefectRateTracker, RateStage
 from stream.records import Output
 from stream.settings import Settings
 from stream.stats import EngineStats
@@ -34,6 +34,12 @@ def partition_of(key: str | bytes, partitions: int) -> int:
     kafka-python all agree, which is what keeps tables co-partitioned with their input."""
     data = key.encode() if isinstance(key, str) else key
     return (murmur2(data) & 0x7FFFFFFF) % partitions
+
+
+def decode(blob: bytes | str | dict[str, Any]) -> dict[str, Any]:
+    """A table value: the JSON bytes written, or (after Faust restored the table from its
+    changelog, where it applies the topic's json codec) the already-decoded object."""
+    return blob if isinstance(blob, dict) else orjson.loads(blob)
 
 
 class DeviceProcessor:
@@ -57,8 +63,10 @@ class DeviceProcessor:
             eng = self.engines[partition] = DeviceEngine(self.settings, self.stats)
             n = self.settings.partitions
             for device_id, blob in list(self.table.items()):
+                if blob is None:  # a deletion (tombstone) restored from the changelog
+                    continue
                 if partition_of(device_id, n) == partition:
-                    eng.devices.import_device(orjson.loads(blob))
+                    eng.devices.import_device(decode(blob))
         return eng
 
     def process(self, batch: Iterable[Message]) -> list[Output]:
@@ -129,7 +137,7 @@ class RateProcessor:
         if blob is None:
             self.offsets[rkey] = -1
             return
-        data = orjson.loads(blob)
+        data = decode(blob)
         self.stage.import_key(rkey, data["t"])
         self.offsets[rkey] = data["o"]
 
@@ -140,9 +148,7 @@ class RateProcessor:
             blob = self.table.get(rkey)
             if blob is None:
                 return None
-            from stream.rates import DefectRateTracker
-
-            tracker = DefectRateTracker(*orjson.loads(blob)["t"])
+            tracker = DefectRateTracker(*decode(blob)["t"])
         else:
             tracker = self.stage.get(key_type, key)
             if tracker is None:
