@@ -1,0 +1,152 @@
+"""Faust workarounds for correctness on the embedded broker (tansu), kept in one place.
+
+1. :func:`install_recovery_seek_fix` - Faust's own race after table recovery
+   (faust-streaming issue 596, "A race condition in recovery causes unrecoverable gaps in
+   acked offsets", https://github.com/faust-streaming/faust/issues/596; still open for
+   faust-streaming 0.15.3). ``Recovery.on_recovery_completed`` resumes the input partitions
+   and only then seeks them to the committed offsets. The fetcher is already running at that
+   point (it was restoring the changelogs), so records fetched from the stale position in that
+   window are processed: some skipped, some processed twice. The fix seeks first, then resumes.
+2. :func:`broker_settings_for_tansu` - app settings this broker needs (short sessions, one
+   record per produce batch because of its wrong "latest offset" answers).
+
+Both are measured in ``tests/test_faust_fixes.py`` (worker restart mid-stream: exact counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_MARKER = "_feedback_stream_seek_fix_original"
+
+
+async def _on_recovery_completed_seek_first(self: Any, generation_id: int = 0) -> None:
+    """faust 0.15.3's ``Recovery.on_recovery_completed`` with the seek moved before the resume.
+
+    Everything else is unchanged, line for line, so upgrades can be diffed against upstream.
+    """
+    consumer = self.app.consumer
+    self.log.info("Restore complete!")
+    await self.app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    callback_coros = [
+        asyncio.ensure_future(
+            table.on_recovery_completed(
+                self.actives_for_table[table], self.standbys_for_table[table]
+            )
+        )
+        for table in self.tables.values()
+    ]
+    if callback_coros:
+        await asyncio.wait(callback_coros)
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning(
+            f"Recovery rebalancing again app id "
+            f"{self.app.consumer_generation_id} param {generation_id}"
+        )
+        return
+    # The fix (issue 596): seek while the input partitions are still paused. Upstream resumes
+    # them first; the running fetcher then delivers records from the old position.
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(
+            consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout
+        )
+    consumer.resume_partitions(
+        {tp for tp in assignment if not self._is_changelog_tp(tp)}
+    )
+    self.completed.set()
+    self.log.dev("Resume stream partitions")
+    self.app.flow_control.resume()
+    consumer.resume_flow()
+    await self.app._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    if not self.app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
+    self.app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+def _upstream_has_the_race(method: Any) -> bool:
+    """True if ``method`` still resumes partitions before seeking (the shape patched here)."""
+    try:
+        source = inspect.getsource(method)
+    except (OSError, TypeError):
+        return False
+    resume, seek = source.find("resume_partitions("), source.find("perform_seek()")
+    return 0 <= resume < seek
+
+
+def install_recovery_seek_fix() -> bool:
+    """Patch ``faust.tables.recovery.Recovery.on_recovery_completed`` (idempotent).
+
+    Returns True if the fix is active. If the installed Faust no longer has the racy order
+    (upgraded, fixed upstream), nothing is patched, a warning is logged and False returned.
+    Must run in the worker process before the app starts (e.g. when the app module is
+    imported); it affects every Faust app in the process. Faust has no setting for the
+    Recovery class (only for the whole TableManager), hence a patch of one method.
+    """
+    from faust.tables.recovery import Recovery
+
+    if getattr(Recovery, _MARKER, None) is not None:
+        return True
+    original = Recovery.on_recovery_completed
+    if not _upstream_has_the_race(original):
+        log.warning("faust Recovery.on_recovery_completed no longer resumes before seeking; "
+                    "the issue-596 patch is not installed (check the installed Faust)")
+        return False
+    setattr(Recovery, _MARKER, original)
+    Recovery.on_recovery_completed = _on_recovery_completed_seek_first  # type: ignore[method-assign]
+    return True
+
+
+def uninstall_recovery_seek_fix() -> None:
+    """Restore Faust's original method (tests measure both)."""
+    from faust.tables.recovery import Recovery
+
+    original = getattr(Recovery, _MARKER, None)
+    if original is not None:
+        Recovery.on_recovery_completed = original  # type: ignore[method-assign]
+        delattr(Recovery, _MARKER)
+
+
+def recovery_seek_fix_installed() -> bool:
+    from faust.tables.recovery import Recovery
+
+    return getattr(Recovery, _MARKER, None) is not None
+
+
+def broker_settings_for_tansu(session_timeout_s: float = 6.0) -> dict[str, Any]:
+    """Faust app settings for the embedded tansu broker (harmless on real Kafka).
+
+    - Sessions: tansu holds a JoinGroup answer for about half the session timeout, so
+      Faust's default 60 s session means 30 s before a worker gets partitions.
+    - ``producer_max_batch_size=1`` (bytes: every batch holds exactly one record): tansu
+      answers "latest offset" with the first offset of the last batch + 1, so with multi-record
+      batches table recovery stops early (stale counts) or fails with ConsistencyError.
+      Faust has ONE producer per app for changelogs, topic sends and repartitioning alike
+      (``producer_max_batch_size`` feeds ``app.producer``), so this cannot be limited to the
+      changelog writes by configuration; it costs ~25% throughput on every send.
+    """
+    session = float(session_timeout_s)
+    return {
+        "broker_session_timeout": session,
+        "broker_heartbeat_interval": max(0.5, session / 6),
+        "broker_rebalance_timeout": session,
+        "producer_max_batch_size": 1,
+    }
+
+
+__all__ = [
+    "broker_settings_for_tansu",
+    "install_recovery_seek_fix",
+    "recovery_seek_fix_installed",
+    "uninstall_recovery_seek_fix",
+]
+
