@@ -44,3 +44,10 @@ def rate_key(key_type: str, key: str) -> str:
     'utterance:play jazz'
     """
     return f"{key_type}:{key}"
+
+
+def event_ts(out: Output) -> int | None:
+    """Event time of the input that triggered ``out`` (for event-to-emit latency)."""
+    rec = out.record
+    ts = rec.get("ts", rec.get("updated_ts"))
+    return ts if isinstance(ts, int) else None

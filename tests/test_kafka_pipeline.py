@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -82,6 +85,7 @@ def test_faust_pipeline_equals_in_process_replay(broker, expected, expected_n):
     with WorkerProcess(settings) as worker:
         produce_file(SAMPLE, broker.bootstrap, settings.input_topic, progress=False)
         outputs = collect_outputs(settings, expected_n, timeout_s=120, worker=worker)
+        check_web_views(settings, outputs)
     got = canonical(outputs)
     for name in OUTPUT_STREAMS:
         assert got[name] == expected[name], name
@@ -180,3 +184,44 @@ def _last_assignment(worker: WorkerProcess) -> list[int]:
                        worker.log_path.read_text(errors="replace"))
     assert found, worker.log_tail()
     return [int(p) for p in found[-1].split(",") if p.strip()]
+
+
+def _get(settings: Settings, path: str) -> tuple[int, bytes, str]:
+    url = f"http://127.0.0.1:{settings.web_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), err.headers.get("Content-Type", "")
+
+
+def check_web_views(settings: Settings, outputs: dict[str, list[dict]]) -> None:
+    """The worker's HTTP views: current estimates and Prometheus metrics."""
+    final = {(r["key_type"], r["key"]): r for r in outputs[DEFECT_RATES]}
+    status, body, ctype = _get(settings, "/defect-rates?utterance=Play%20Harry%20Potter!")
+    assert status == 200 and "json" in ctype
+    assert orjson.loads(body) == final[("utterance", "play harry potter")]
+    status, body, _ = _get(settings, "/defect-rates?key_type=intent&key=PlayVideo")
+    assert status == 200 and orjson.loads(body) == final[("intent", "PlayVideo")]
+    status, body, _ = _get(settings, "/defect-rates?utterance=never%20said%20this")
+    assert status == 404 and "no estimate" in orjson.loads(body)["error"]
+    status, body, _ = _get(settings, "/defect-rates")
+    assert status == 400 and "utterance" in orjson.loads(body)["error"]
+
+    time.sleep(5.5)  # one gauge refresh (every 5 s)
+    status, body, ctype = _get(settings, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    text = body.decode()
+    ok = sum(float(m) for m in re.findall(
+        r'^feedback_stream_events_total\{outcome="ok",type="(?:turn|feedback|watermark)"\} '
+        r'(\S+)$', text, re.M))
+    # watermark events arrive once per partition
+    with open(SAMPLE, "rb") as f:
+        lines = sum(1 for _ in iter_lines(f))
+    assert ok == lines - len(outputs["dead-letter"]) + settings.partitions - 1
+    assert re.search(r'^feedback_stream_signals_total\{kind="defect"\} ' +
+                     f"{len(outputs['defects'])}.0$", text, re.M)
+    assert re.search(r'^feedback_stream_top_defect_rate\{rank="1",utterance="[^"]+"\} 0\.9',
+                     text, re.M)
+    lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import faust
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from stream.records import RATE_UPDATES
+from stream.records import RATE_UPDATES, event_ts
 from stream.settings import Settings
 from stream.stats import EngineStats
+from stream.text import normalize
 from topologies import faust_fixes
 from topologies.kafka_io import security_kwargs
+from topologies.metrics import PipelineMetrics
 from topologies.processors import DeviceProcessor, Message, RateProcessor
 from topologies.publisher import OutputPublisher
 
@@ -92,14 +96,23 @@ def _messages(events: list[faust.EventT]) -> list[Message]:
                     e.message.topic) for e in events]
 
 
-publisher = OutputPublisher(settings, settings.topic)
+metrics = PipelineMetrics(top_k=settings.top_k)
+publisher = OutputPublisher(settings, settings.topic, on_error=metrics.producer_error,
+                            on_retry=metrics.producer_retry)
 
 
 async def _run(stream: faust.StreamT, processor: DeviceProcessor | RateProcessor) -> None:
     try:
         async for batch in stream.take_events(settings.batch_size,
                                               within=settings.batch_within_s):
-            await publisher.publish(processor.process(_messages(batch)))
+            started = time.perf_counter()
+            outputs = processor.process(_messages(batch))
+            await publisher.publish(outputs)
+            metrics.observe_batch(len(batch), time.perf_counter() - started)
+            metrics.observe_emit_latencies(
+                (ts for o in outputs if o.stream != RATE_UPDATES
+                 and (ts := event_ts(o)) is not None), time.time())
+            metrics.sync_stats(stats)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -139,6 +152,29 @@ async def _on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
     rates.reset()
 
 
+@app.timer(interval=5.0)
+async def refresh_gauges() -> None:
+    """Gauges that need a look over the state: sizes, top-K, lag, watermark delay."""
+    metrics.set_state_sizes(devices.state_sizes()["devices"], rates.state_sizes(), 0)
+    metrics.set_top_defects([(key, t.get(), t.plays)
+                             for key, t in rates.stage.top_defective(settings.top_k)])
+    watermark = devices.watermark()
+    if watermark:
+        metrics.set_watermark_delay(time.time() - watermark / 1000.0)
+    consumer = app.consumer
+    for tp in consumer.assignment():
+        read = consumer._read_offset.get(tp)  # Faust keeps no public per-partition position
+        highwater = consumer.highwater(tp)  # from fetch responses: right even on tansu
+        if read is not None and highwater is not None:
+            metrics.set_lag(tp.topic, tp.partition, highwater - read - 1)
+
+
+@app.page("/metrics")
+async def metrics_view(web: Any, request: Any) -> Any:
+    # aiohttp refuses a charset inside content_type=, so the header is set directly.
+    return web.bytes(metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 @app.page("/defect-rates")
 async def defect_rate_view(web: Any, request: Any) -> Any:
     key_type = request.query.get("key_type", "utterance")
@@ -146,6 +182,8 @@ async def defect_rate_view(web: Any, request: Any) -> Any:
     if not key:
         return web.json({"error": "query parameter 'utterance' (or key_type + key) required"},
                         status=400)
+    if key_type == "utterance":
+        key = normalize(key)
     record = rates.lookup(key_type, key)
     if record is None:
         return web.json({"error": f"no estimate for {key_type} {key!r}"}, status=404)

@@ -49,18 +49,15 @@ from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFam
 from prometheus_client.utils import floatToGoString
 
 from stream.records import KEY_TYPES
+from stream.schema import REASONS
 from stream.stats import EngineStats
 
 PREFIX = "feedback_stream_"
 OTHER = "other"
 
 OUTCOMES: tuple[str, ...] = ("ok", "dead_letter", "duplicate")
-# The engine's dead-letter reason codes; anything else is exported as "other".
-DEAD_LETTER_REASONS: tuple[str, ...] = (
-    "invalid_utf8", "invalid_json", "not_object", "too_large", "too_deep", "missing_field",
-    "wrong_type", "invalid_value", "unknown_type", "bad_timestamp", "unknown_turn", "late",
-    "field_too_long",
-)
+# The engine's dead-letter reason codes (one list, in the schema); others export as "other".
+DEAD_LETTER_REASONS: tuple[str, ...] = REASONS
 SIGNAL_KINDS: tuple[str, ...] = (
     "barge_in", "rephrase", "defect", "teachable_moment", "rewrite_trigger", "drift_alert",
 )

@@ -89,6 +89,11 @@ class DeviceProcessor:
     def state_sizes(self) -> dict[str, int]:
         return {"devices": sum(len(e.devices.devices) for e in self.engines.values())}
 
+    def watermark(self) -> int:
+        """Lowest stream watermark (event-time ms) over the partitions processed here."""
+        marks = [e.devices.watermark for e in self.engines.values() if e.devices.watermark]
+        return min(marks, default=0)
+
 
 class RateProcessor:
     """Stage 2 over batches of ``rate-updates``.
@@ -140,6 +145,9 @@ class RateProcessor:
         data = decode(blob)
         self.stage.import_key(rkey, data["t"])
         self.offsets[rkey] = data["o"]
+
+    def state_sizes(self) -> dict[str, int]:
+        return {key_type: len(t) for key_type, t in self.stage.trackers.items()}
 
     def lookup(self, key_type: str, key: str) -> dict[str, Any] | None:
         """Current estimate (memory first, then the table) as a ``defect-rates`` record."""
