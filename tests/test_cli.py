@@ -1,0 +1,80 @@
+"""The command line and the README agree with the code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stream.records import OUTPUT_STREAMS
+from stream.settings import Settings
+from tests.events import turn
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "topologies.cli", *args], input=stdin,
+                          capture_output=True, timeout=120, cwd=ROOT)
+
+
+def test_replay_reads_stdin_and_writes_every_stream(tmp_path):
+    lines = turn("a", 0, "play jazz", barge_in_ts=100) + b"\n\n{broken\n"
+    proc = cli("replay", "-", "--out", str(tmp_path), stdin=lines)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{name}.jsonl" for name in OUTPUT_STREAMS)
+    (dead,) = [orjson.loads(x) for x in (tmp_path / "dead-letter.jsonl").read_bytes()
+               .splitlines()]
+    assert dead["reason"] == "invalid_json" and dead["source"] == {"file": "-", "line": 3}
+    assert b"1 processed, 1 dead-lettered" in proc.stdout
+
+
+def test_replay_missing_file_is_a_clear_error(tmp_path):
+    proc = cli("replay", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert b"cannot read input" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_replay_unwritable_output_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = cli("replay", str(ROOT / "data" / "sample.jsonl"), "--out", str(blocker / "sub"))
+    assert proc.returncode == 2
+    assert b"cannot write to output directory" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["replay", "demo", "worker", "broker", "produce"])
+def test_every_command_has_help(command):
+    proc = cli(command, "--help")
+    assert proc.returncode == 0 and len(proc.stdout) > 300, proc.stderr
+
+
+def test_top_level_help_lists_every_setting():
+    out = cli("--help").stdout.decode()
+    for name, _, _ in Settings.describe():
+        assert name in out
+
+
+def test_readme_documents_every_setting_stream_and_reason():
+    from stream.schema import REASONS
+
+    for name, _, _ in Settings.describe():
+        assert f"`{name}`" in README, name
+    for stream in OUTPUT_STREAMS:
+        assert f"`{stream}`" in README, stream
+    for reason in REASONS:
+        assert f"`{reason}`" in README, reason
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    block = re.search(r"```sh\n(.*?)```", README, re.S).group(1).splitlines()
+    assert block[0].split("#")[0].strip() == "pip install -e . && feedback-stream demo"
+    test_command = block[1].split("#")[0].strip()
+    assert test_command == "bash scripts/test.sh"
+    assert test_command in (ROOT / ".ci" / "run").read_text()
