@@ -15,6 +15,7 @@ from typing import Any
 from stream.detectors import UNKNOWN_INTENTS, RephraseScorer, barge_in_source
 from stream.records import (
     BARGE_INS,
+    CHAINS,
     DEFECTS,
     RATE_UPDATES,
     REPHRASES,
@@ -35,8 +36,11 @@ class DeviceStage:
         settings: Settings | None = None,
         stats_: EngineStats | None = None,
         scorer: RephraseScorer | None = None,
+        emit_chains: bool = False,
     ) -> None:
         self.s = settings or Settings()
+        self.emit_chains = emit_chains
+        """Emit ``rephrase-chains`` records (the rewrite miner's input) when chains end."""
         self.stats = stats_ if stats_ is not None else EngineStats()
         self.scorer = scorer or RephraseScorer(
             threshold=self.s.rephrase_threshold,
@@ -198,6 +202,13 @@ class DeviceStage:
                 "intent": turn.intent,
                 "domain": turn.domain,
                 "ts": turn.ts,
+            }))
+        if self.emit_chains and turn.rephrased_by is None:
+            # The tip of a chain (a lone turn is a chain of one): the chain's outcome is known.
+            out.append(Output(CHAINS, st.device_id, {
+                "device_id": st.device_id, "event_ids": turn.chain,
+                "utterances": turn.chain_norms,
+                "outcome": "failure" if defective else "success", "ts": turn.ts,
             }))
         for key_type, key in (("utterance", turn.norm), ("intent", turn.intent),
                               ("domain", turn.domain), ("device_type", turn.device_type)):

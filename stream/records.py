@@ -16,6 +16,8 @@ TEACHABLE_MOMENTS = "teachable-moments"
 DEAD_LETTER = "dead-letter"
 # Internal stream between stage 1 (per device) and stage 2 (per estimate key).
 RATE_UPDATES = "rate-updates"
+# Internal stream: one record per finished rephrase chain (input of rewrite mining).
+CHAINS = "rephrase-chains"
 
 OUTPUT_STREAMS: tuple[str, ...] = (
     BARGE_INS,

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,8 +53,13 @@ class OutputWriter:
 
 
 def replay(source: str, out_dir: str | Path, settings: Settings | None = None,
-           progress: bool | None = None) -> tuple[FeedbackEngine, Counter[str]]:
-    """Run the engine over ``source`` (a path or ``-`` for stdin); returns engine and counts."""
+           progress: bool | None = None,
+           on_progress: Callable[[FeedbackEngine], None] | None = None,
+           ) -> tuple[FeedbackEngine, Counter[str]]:
+    """Run the engine over ``source`` (a path or ``-`` for stdin); returns engine and counts.
+
+    ``on_progress(engine)`` is called about every MiB of input and at the end (e.g. to export
+    metrics while a long replay runs)."""
     engine = FeedbackEngine(settings)
     writer = OutputWriter(Path(out_dir))
     try:
@@ -69,9 +74,13 @@ def replay(source: str, out_dir: str | Path, settings: Settings | None = None,
                 if done >= 1 << 20:
                     bar.update(done)
                     done = 0
+                    if on_progress is not None:
+                        on_progress(engine)
             bar.update(done)
             bar.close()
         writer.write(engine.flush())
+        if on_progress is not None:
+            on_progress(engine)
     finally:
         writer.close()
     return engine, writer.counts

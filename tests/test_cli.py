@@ -78,3 +78,36 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     test_command = block[1].split("#")[0].strip()
     assert test_command == "bash scripts/test.sh"
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_replay_serves_metrics_while_running(tmp_path):
+    import threading
+    import time
+    import urllib.request
+
+    from topologies.broker import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "topologies.cli", "replay", str(ROOT / "data" / "sample.jsonl"),
+         "--out", str(tmp_path), "--no-progress", "--metrics-port", str(port),
+         "--metrics-hold", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    threading.Timer(60, proc.kill).start()
+    try:
+        done = re.compile(r'^feedback_stream_events_total\{outcome="ok",type="turn"\} 3610\.0$',
+                          re.M)
+        text, deadline = "", time.monotonic() + 30
+        while not done.search(text) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+        assert done.search(text), text[-2000:]
+        assert "feedback_stream_top_defect_rate{" in text
+        assert re.search(r'^feedback_stream_dead_letters_total\{reason="invalid_json"\} '
+                         r'[1-9]', text, re.M)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -15,12 +15,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +25,16 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from stream.stats import EngineStats
+from tests.prom import MONITORING, prometheus_scraping, query, tool
 from topologies.metrics import PipelineMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
-MONITORING = ROOT / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "feedback-stream.json"
 DATASOURCE = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 PROVIDERS = MONITORING / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
-MISSING = (
-    "{} not found on PATH: install Debian's Prometheus (`apt-get install -y prometheus`); "
-    "CI installs it"
-)
 # Grafana's macros, replaced by what Grafana would send for a short range.
 GRAFANA_MACROS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
 METRIC = re.compile(r"\bfeedback_stream_[a-zA-Z0-9_:]*")
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(MISSING.format(name))
-    return path
 
 
 def load_yaml(path: Path) -> Any:
@@ -227,15 +212,6 @@ def test_prometheus_config_scrapes_worker(compose: dict[str, Any]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def loopback_config(target: str) -> dict[str, Any]:
-    """The shipped prometheus.yml, scraping ``target`` on loopback every 500 ms."""
-    config = load_yaml(MONITORING / "prometheus.yml")
-    config["global"]["scrape_interval"] = "500ms"
-    for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [target]}]
-    return config
-
-
 def test_dashboard_queries_parse(dashboard: dict[str, Any], tmp_path: Path) -> None:
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard:query_{i}", "expr": promql(expr)}
@@ -248,62 +224,20 @@ def test_dashboard_queries_parse(dashboard: dict[str, Any], tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def query(base: str, expr: str) -> dict[str, Any]:
-    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as error:  # 400 carries the PromQL error as JSON
-        return json.load(error)
-
-
 def test_real_prometheus_scrapes_and_answers_dashboard_queries(
     dashboard: dict[str, Any], tmp_path: Path
 ) -> None:
-    binary = tool("prometheus")
     metrics = exercised_metrics()
     server = metrics.start_http_server(0)
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump(loopback_config(f"127.0.0.1:{server.server_port}")))
-    subprocess.run([tool("promtool"), "check", "config", str(config)], check=True,
-                   capture_output=True, timeout=60)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT)
     try:
-        # rate() needs two samples inside the window: wait for the second scrape.
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
-            try:
-                answer = query(base, "count_over_time(up[1m])")
-                if answer["data"]["result"] and float(answer["data"]["result"][0]["value"][1]) >= 2:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "Prometheus did not scrape in 60 s"
-            time.sleep(0.25)
-        assert query(base, "up")["data"]["result"][0]["value"][1] == "1"
-
-        for expr in queries(dashboard):
-            answer = query(base, promql(expr))
-            assert answer["status"] == "success", (expr, answer)
-            if not expr.rstrip().endswith("> 0"):  # "> 0" hides idle series by design
-                assert answer["data"]["result"], f"no data for {expr}"
+        with prometheus_scraping(f"127.0.0.1:{server.server_port}", tmp_path) as base:
+            assert query(base, "up")["data"]["result"][0]["value"][1] == "1"
+            for expr in queries(dashboard):
+                answer = query(base, promql(expr))
+                assert answer["status"] == "success", (expr, answer)
+                if not expr.rstrip().endswith("> 0"):  # "> 0" hides idle series by design
+                    assert answer["data"]["result"], f"no data for {expr}"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
         server.shutdown()
         server.server_close()
 

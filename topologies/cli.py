@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
+from stream.engine import FeedbackEngine
 from stream.settings import Settings
 
 SETTINGS_HELP = "settings (environment variables, default):\n" + "\n".join(
@@ -15,14 +17,43 @@ SETTINGS_HELP = "settings (environment variables, default):\n" + "\n".join(
 def _replay(args: argparse.Namespace) -> int:
     from stream.replay import ReplayError, replay, summary
 
+    settings = Settings.from_env()
+    on_progress, server = None, None
+    if args.metrics_port is not None:
+        from topologies.metrics import PipelineMetrics
+
+        metrics = PipelineMetrics(top_k=settings.top_k)
+        try:
+            server = metrics.start_http_server(args.metrics_port, addr=settings.web_bind)
+        except OSError as exc:
+            print(f"feedback-stream replay: error: cannot serve metrics on "
+                  f"{settings.web_bind}:{args.metrics_port}: {exc.strerror}", file=sys.stderr)
+            return 2
+        print(f"metrics on http://{settings.web_bind}:{server.server_port}/metrics",
+              file=sys.stderr)
+
+        def on_progress(engine: FeedbackEngine) -> None:
+            metrics.sync_stats(engine.stats)
+            metrics.set_state_sizes(len(engine.stage1.devices.devices),
+                                    {k: len(t) for k, t in engine.stage2.trackers.items()}, 0)
+            metrics.set_top_defects([(key, t.get(), t.plays) for key, t in
+                                     engine.stage2.top_defective(settings.top_k)])
     try:
-        engine, counts = replay(args.file, args.out, Settings.from_env(),
-                                progress=False if args.no_progress else None)
+        engine, counts = replay(args.file, args.out, settings,
+                                progress=False if args.no_progress else None,
+                                on_progress=on_progress)
+        print(summary(engine, counts, top=args.top))
+        print(f"outputs written to {args.out}/")
+        if server is not None and args.metrics_hold > 0:
+            print(f"serving final metrics for {args.metrics_hold:.0f} s", file=sys.stderr)
+            time.sleep(args.metrics_hold)
     except ReplayError as exc:
         print(f"feedback-stream replay: error: {exc}", file=sys.stderr)
         return 2
-    print(summary(engine, counts, top=args.top))
-    print(f"outputs written to {args.out}/")
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     return 0
 
 
@@ -46,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="out", help="output directory (default: out)")
     rp.add_argument("--top", type=int, default=10, help="defective utterances to list")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    rp.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                    help="serve Prometheus metrics on this port while replaying (0: any free "
+                    "port; bound to FEEDBACK_STREAM_WEB_BIND)")
+    rp.add_argument("--metrics-hold", type=float, default=0.0, metavar="S",
+                    help="keep serving the final metrics for S seconds after the replay")
     rp.set_defaults(func=_replay)
     try:
         from topologies import cli_kafka

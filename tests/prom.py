@@ -1,0 +1,86 @@
+"""A real Prometheus server (Debian's ``prometheus``) on loopback, for the monitoring tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from topologies.broker import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MONITORING = ROOT / "monitoring"
+MISSING = (
+    "{} not found on PATH: install Debian's Prometheus (`apt-get install -y prometheus`); "
+    "CI installs it"
+)
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(MISSING.format(name))
+    return path
+
+
+def loopback_config(target: str) -> dict[str, Any]:
+    """The shipped prometheus.yml, scraping ``target`` on loopback every 500 ms."""
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "500ms"
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [target]}]
+    return config
+
+
+def query(base: str, expr: str) -> dict[str, Any]:
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as error:  # 400 carries the PromQL error as JSON
+        return json.load(error)
+
+
+@contextlib.contextmanager
+def prometheus_scraping(target: str, tmp_path: Path, scrapes: int = 2) -> Iterator[str]:
+    """Run Prometheus scraping ``target`` (host:port); yields its base URL once it has
+    scraped ``scrapes`` times (rate() needs two samples in its window)."""
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(loopback_config(target)))
+    subprocess.run([tool("promtool"), "check", "config", str(config)], check=True,
+                   capture_output=True, timeout=60)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "prometheus.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [tool("prometheus"), f"--config.file={config}",
+             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    result = query(base, "count_over_time(up[1m])")["data"]["result"]
+                    if result and float(result[0]["value"][1]) >= scrapes:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "Prometheus did not scrape in 60 s"
+                time.sleep(0.25)
+            yield base
+        finally:
+            process.terminate()
+            process.wait(timeout=30)

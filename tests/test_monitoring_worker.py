@@ -1,0 +1,42 @@
+"""A real Prometheus server scrapes a running worker (real broker) and sees sane series."""
+
+from __future__ import annotations
+
+from tests.prom import prometheus_scraping, query
+from tests.test_kafka_pipeline import SAMPLE, pipeline_settings
+from topologies.kafka_io import produce_file
+from topologies.runner import WorkerProcess, collect_outputs, expected_counts
+
+
+def value(base: str, expr: str) -> float:
+    result = query(base, expr)["data"]["result"]
+    assert result, f"no data for {expr}"
+    return float(result[0]["value"][1])
+
+
+def test_prometheus_scrapes_running_worker(broker, tmp_path):
+    settings = pipeline_settings(broker, "prom")
+    expected = expected_counts(SAMPLE, settings)
+    with WorkerProcess(settings) as worker:
+        produce_file(SAMPLE, broker.bootstrap, settings.input_topic, progress=False)
+        outputs = collect_outputs(settings, expected, timeout_s=120, worker=worker)
+        with prometheus_scraping(f"127.0.0.1:{settings.web_port}", tmp_path,
+                                 scrapes=12) as base:  # >= 5 s: one gauge refresh
+            assert value(base, 'up{job!=""}') == 1
+            assert value(base, 'sum(feedback_stream_events_total{outcome="ok"})') > 4_000
+            assert value(base, "sum(feedback_stream_dead_letters_total)") == \
+                len(outputs["dead-letter"])
+            assert value(base, 'feedback_stream_signals_total{kind="defect"}') == \
+                len(outputs["defects"])
+            assert value(base, 'feedback_stream_signals_total{kind="barge_in"}') == \
+                len(outputs["barge-ins"])
+            assert value(base, "feedback_stream_event_processing_seconds_count") > 4_000
+            assert value(base, "feedback_stream_event_to_emit_latency_seconds_count") > 0
+            top = query(base, "feedback_stream_top_defect_rate")["data"]["result"]
+            assert 0 < len(top) <= settings.top_k
+            assert all(0.0 <= float(s["value"][1]) <= 1.0 for s in top)
+            assert value(base, "feedback_stream_tracked_devices") > 0
+            assert value(base, 'feedback_stream_tracked_keys{key_type="utterance"}') > 100
+            lag = query(base, "feedback_stream_consumer_lag")["data"]["result"]
+            assert lag and all(float(s["value"][1]) == 0 for s in lag), lag
+        assert worker.alive()
