@@ -16,6 +16,7 @@ turn, ``get()`` is the posterior mean of a Beta(1 + defects, 1 + plays - defects
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from river import stats
@@ -24,6 +25,15 @@ from scipy.special import betaincinv
 from stream.records import DEFECT_RATES, KEY_TYPES, Output, rate_key
 from stream.settings import Settings
 from stream.stats import EngineStats
+
+
+@lru_cache(maxsize=1 << 16)
+def beta_interval(defects: int, successes: int, level: float = 0.95) -> tuple[float, float]:
+    """Equal-tailed credible interval of Beta(1 + defects, 1 + successes). Cached: most keys
+    have few plays, so the same small (defects, successes) pairs recur constantly."""
+    a, b = 1.0 + defects, 1.0 + successes
+    tail = (1.0 - level) / 2.0
+    return float(betaincinv(a, b, tail)), float(betaincinv(a, b, 1.0 - tail))
 
 
 class DefectRateTracker(stats.base.Univariate):
@@ -52,9 +62,7 @@ class DefectRateTracker(stats.base.Univariate):
         return (1 + self.defects) / (2 + self.plays)
 
     def interval(self, level: float = 0.95) -> tuple[float, float]:
-        a, b = 1.0 + self.defects, 1.0 + self.plays - self.defects
-        tail = (1.0 - level) / 2.0
-        return float(betaincinv(a, b, tail)), float(betaincinv(a, b, 1.0 - tail))
+        return beta_interval(self.defects, self.plays - self.defects, level)
 
     def to_list(self) -> list[int]:
         return [self.plays, self.defects, self.updated_ts]
