@@ -173,13 +173,13 @@ def run_workers(cfg: dict[str, Any], tmp: Path, run: str, lines: list[str], echo
 
         def all_echoed_or_stalled() -> bool:
             # A lost record never shows up: stop once the second worker has echoed something
-            # and then nothing for 5 s, so the test reports what was lost instead of timing out.
+            # and then nothing for 10 s, so the test reports what was lost instead of timing out.
             seen, now = echo.poll(), time.monotonic()
             if seen != progress["seen"]:
                 progress.update(seen=seen, changed=now)
             if len({orjson.loads(v)["seq"] for v in echo.values}) >= TOTAL:
                 return True
-            return seen > before and now - progress["changed"] > 5
+            return seen > before and now - progress["changed"] > 10
 
         measured["b_all_events_s"] = wait_for(all_echoed_or_stalled, 90,
                                               "the second worker's events", second)
