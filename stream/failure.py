@@ -1,0 +1,149 @@
+"""Failure-point attribution: the earliest component that plausibly failed in a defective turn.
+
+``attribute(turn, rephrase)`` looks at the defective turn, the turn that rephrased it (if any)
+and their text similarity (``stream.text.similarity``), and applies the first matching rule:
+
+==================  ==========================================================================
+point               rule (the first that matches wins) / known limits
+==================  ==========================================================================
+false_wake          No rephrase; the utterance is near-empty (one word of at most
+                    ``false_wake_max_chars`` chars); and the user interrupted quickly (within
+                    ``false_wake_barge_ms`` of the response start, or ``false_wake_turn_barge_ms``
+                    of the turn start when the response start is unknown) or the ASR
+                    confidence is below ``very_low_asr_confidence``.
+                    *Limits*: a real one-word request ("pause") answered wrongly and cut off
+                    at once looks the same; a false wake transcribed as a phrase is missed.
+asr                 With a rephrase: it substitutes words for ones that sound or look alike
+                    (both sides have content words the other lacks, not a ``swap``, and
+                    metaphone similarity >= ``asr_phonetic`` or char similarity >= ``asr_char``
+                    or the original's ASR confidence was low). Without one: the original's ASR
+                    confidence is below ``low_asr_confidence``.
+                    *Limits*: ASR dropping a word ("play taylor" for "play taylor swift") is
+                    taken for entity resolution; a user fixing their own slip blames ASR.
+nlu                 The original's intent is unknown, or its NLU confidence is below
+                    ``low_nlu_confidence``, or the rephrase got another known intent or domain.
+                    *Limits*: without a rephrase, a confident wrong intent ("play harry
+                    potter" -> video) is taken for ``result``; the rephrase's intent is
+                    assumed right.
+entity_resolution   The rephrase kept the intent but changed content words (fillers such as
+                    "please", "the" do not count).
+                    *Limits*: a synonym rephrase with the same intent lands here too.
+result              The rephrase kept intent and content words (a plain repeat); or no
+                    rephrase, a known intent with no low confidence, and the user was unhappy
+                    (barge-in, negative feedback, stop follow-up).
+                    *Limits*: a wrong item and a right item the user disliked look the same.
+unknown             Anything else, e.g. a rephrase where an intent is missing.
+==================  ==========================================================================
+
+Pipeline order decides ties: a misheard word usually also yields a wrong or unknown intent, and
+the seed names the *earliest* component, so ASR is checked before NLU. Deterministic: only the
+two turns are read. A request that no component could serve is not recognisable here.
+
+>>> from stream.session import TurnState
+>>> t = TurnState("e1", 0, "play jas", "play jas", intent="unknown", signals=["rephrased"])
+>>> attribute(t, TurnState("e2", 4000, "play jazz", "play jazz", intent="PlayMusic"))
+'asr'
+>>> attribute(t, None)
+'nlu'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stream.detectors import UNKNOWN_INTENTS
+from stream.session import TurnState
+from stream.settings import Settings
+from stream.text import FILLERS, similarity
+
+FALSE_WAKE, ASR, NLU = "false_wake", "asr", "nlu"
+ENTITY_RESOLUTION, RESULT, UNKNOWN = "entity_resolution", "result", "unknown"
+FAILURE_POINTS = (FALSE_WAKE, ASR, NLU, ENTITY_RESOLUTION, RESULT, UNKNOWN)
+_UNHAPPY = frozenset({"barge_in", "negative_feedback", "stop_followup"})
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureThresholds:
+    low_asr_confidence: float = 0.5
+    low_nlu_confidence: float = 0.3
+    very_low_asr_confidence: float = 0.3
+    false_wake_barge_ms: int = 1_000
+    """Interruption this soon after the response started (when ``tts_start_ts`` is known)."""
+    false_wake_turn_barge_ms: int = 2_500
+    """Otherwise: this soon after the user started speaking (one word + response latency)."""
+    false_wake_max_chars: int = 8
+    asr_phonetic: float = 0.5
+    asr_char: float = 0.75
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FailureThresholds:
+        return cls(low_asr_confidence=settings.low_asr_confidence,
+                   low_nlu_confidence=settings.low_nlu_confidence)
+
+
+def _below(value: float | None, threshold: float) -> bool:
+    return value is not None and value < threshold
+
+
+def _known(intent: str | None) -> bool:
+    return bool(intent) and intent not in UNKNOWN_INTENTS
+
+
+def _false_wake(turn: TurnState, th: FailureThresholds) -> bool:
+    words = turn.norm.split()
+    if len(words) > 1 or len(turn.norm) > th.false_wake_max_chars:
+        return False
+    if _below(turn.asr_confidence, th.very_low_asr_confidence):
+        return True
+    if turn.barge_in_ts is None:
+        return False
+    # TurnState may not carry the response start; fall back to the turn start then.
+    start = getattr(turn, "tts_start_ts", None)
+    if start is not None:
+        return 0 <= turn.barge_in_ts - start <= th.false_wake_barge_ms
+    return 0 <= turn.barge_in_ts - turn.ts <= th.false_wake_turn_barge_ms
+
+
+def content_diff(a: str, b: str) -> tuple[set[str], set[str]]:
+    """Content words only in ``a`` and only in ``b`` (normalised text, fillers ignored).
+
+    >>> content_diff("play the jazz please", "play jazz music")
+    (set(), {'music'})
+    """
+    ta, tb = set(a.split()), set(b.split())
+    return ta - tb - FILLERS, tb - ta - FILLERS
+
+
+def attribute(turn: TurnState, rephrase: TurnState | None = None,
+              thresholds: FailureThresholds | None = None) -> str:
+    """One of ``FAILURE_POINTS`` for the defective ``turn``; ``rephrase`` is its rephrase."""
+    th = thresholds or FailureThresholds()
+    if rephrase is None:
+        if _false_wake(turn, th):
+            return FALSE_WAKE
+        if _below(turn.asr_confidence, th.low_asr_confidence):
+            return ASR
+        if not _known(turn.intent) and turn.intent is not None:
+            return NLU
+        if _below(turn.nlu_confidence, th.low_nlu_confidence):
+            return NLU
+        if _known(turn.intent) and _UNHAPPY & set(turn.signals):
+            return RESULT
+        return UNKNOWN
+    only_a, only_b = content_diff(turn.norm, rephrase.norm)
+    if only_a and only_b:
+        sim = similarity(turn.norm, rephrase.norm)
+        sounds_alike = sim["phonetic"] >= th.asr_phonetic or sim["char"] >= th.asr_char
+        if not sim["swap"] and (sounds_alike
+                                or _below(turn.asr_confidence, th.low_asr_confidence)):
+            return ASR
+    if turn.intent is not None and not _known(turn.intent):
+        return NLU
+    if _below(turn.nlu_confidence, th.low_nlu_confidence):
+        return NLU
+    if not (_known(turn.intent) and _known(rephrase.intent)):
+        return UNKNOWN
+    if turn.intent != rephrase.intent or (
+            turn.domain and rephrase.domain and turn.domain != rephrase.domain):
+        return NLU
+    return ENTITY_RESOLUTION if only_a or only_b else RESULT

@@ -1,0 +1,125 @@
+"""Failure-point attribution: one crafted pair per failure point, plus unknown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream.failure import FAILURE_POINTS, FailureThresholds, attribute
+from stream.session import TurnState
+from stream.settings import Settings
+from stream.text import normalize
+
+
+def turn(text: str, ts: int = 0, **kw: Any) -> TurnState:
+    return TurnState(f"e{ts}", ts, text, normalize(text), **kw)
+
+
+def test_false_wake() -> None:
+    # One short word, interrupted 1.5 s after the user started: the assistant woke by mistake.
+    wake = turn("huh", 1_000, intent="unknown", asr_confidence=0.9, barge_in_ts=2_500,
+                barge_in="device", signals=["barge_in"])
+    assert attribute(wake) == "false_wake"
+    # Very low ASR confidence on one word, nothing else.
+    assert attribute(turn("um", asr_confidence=0.2, signals=["stop_followup"])) == "false_wake"
+    # A rephrase means the user did want something.
+    assert attribute(wake, turn("play jazz", 4_000, intent="PlayMusic")) != "false_wake"
+    # A confident one-word request interrupted late is an unwanted result.
+    late = turn("pause", 0, intent="Pause", asr_confidence=0.95, barge_in_ts=6_000,
+                signals=["barge_in"])
+    assert attribute(late) == "result"
+
+
+def test_false_wake_uses_response_start_when_known() -> None:
+    class WithTts(TurnState):  # forward compatibility: a TurnState that records tts_start_ts
+        __slots__ = ("tts_start_ts",)
+
+    t = WithTts("e", 0, "huh", "huh", asr_confidence=0.9, barge_in_ts=4_200,
+                signals=["barge_in"])
+    t.tts_start_ts = 3_500
+    assert attribute(t) == "false_wake"
+    t.tts_start_ts = 2_000
+    assert attribute(t) == "unknown"
+
+
+def test_asr() -> None:
+    jas = turn("play jas", intent="unknown", asr_confidence=0.45)
+    assert attribute(jas, turn("play jazz", 5_000, intent="PlayMusic")) == "asr"
+    # Same intent, a near-homophone city: ASR, not entity resolution.
+    wilkinson = turn("weather in wilkinson", intent="GetWeather", domain="Weather")
+    assert attribute(wilkinson, turn("weather in wilkerson", 5_000, intent="GetWeather",
+                                     domain="Weather")) == "asr"
+    # No rephrase, but the recogniser itself was unsure of a longer request.
+    assert attribute(turn("set a timer for ten minutes", asr_confidence=0.3,
+                          intent="SetTimer", signals=["barge_in"])) == "asr"
+
+
+def test_nlu() -> None:
+    hp = turn("play harry potter", intent="PlayVideo", domain="Video", asr_confidence=0.95)
+    better = turn("play harry potter audiobook", 6_000, intent="PlayAudiobook", domain="Books")
+    assert attribute(hp, better) == "nlu"
+    big = turn("turn on the big light", intent="unknown", domain="SmartHome")
+    assert attribute(big, turn("turn on the living room lights", 5_000, intent="TurnOn",
+                               domain="SmartHome")) == "nlu"
+    assert attribute(turn("order my usual from tony's", intent="unknown")) == "nlu"
+    assert attribute(turn("play the thing", intent="PlayMusic", nlu_confidence=0.1,
+                          signals=["negative_feedback"])) == "nlu"
+
+
+def test_entity_resolution() -> None:
+    wilk = turn("weather in wilkerson", intent="GetWeather", domain="Weather",
+                asr_confidence=0.92)
+    washington = turn("weather in wilkerson washington", 5_000, intent="GetWeather",
+                      domain="Weather")
+    assert attribute(wilk, washington) == "entity_resolution"
+    milk = turn("add milk to my shopping list", intent="AddToList")
+    assert attribute(milk, turn("add oat milk to my shopping list", 4_000,
+                                intent="AddToList")) == "entity_resolution"
+
+
+def test_result() -> None:
+    jazz = turn("play jazz", intent="PlayMusic", asr_confidence=0.95)
+    assert attribute(jazz, turn("please play jazz", 4_000, intent="PlayMusic")) == "result"
+    told = turn("what's the weather", intent="GetWeather", asr_confidence=0.9,
+                nlu_confidence=0.9, signals=["negative_feedback"])
+    assert attribute(told) == "result"
+
+
+def test_unknown() -> None:
+    # Intents missing: NLU cannot be compared.
+    assert attribute(turn("play something nice"), turn("put on some music", 5_000)) == "unknown"
+    # Defective only through a rephrase we were not given, nothing else known.
+    assert attribute(turn("what's on today", intent="GetSchedule",
+                          signals=["rephrased"])) == "unknown"
+
+
+def test_thresholds_from_settings() -> None:
+    th = FailureThresholds.from_settings(Settings(low_asr_confidence=0.2))
+    t = turn("set a timer for ten minutes", asr_confidence=0.3, intent="SetTimer",
+             signals=["barge_in"])
+    assert attribute(t, None, th) == "result"
+
+
+words = st.sampled_from(["play", "jazz", "jas", "the", "weather", "in", "wilkerson", "stop",
+                         "huh", "audiobook", "please"])
+texts = st.lists(words, min_size=1, max_size=5).map(" ".join)
+intents = st.sampled_from([None, "unknown", "PlayMusic", "GetWeather"])
+conf = st.one_of(st.none(), st.floats(0, 1))
+
+
+@st.composite
+def turns(draw: st.DrawFn, ts: int) -> TurnState:
+    barge = draw(st.one_of(st.none(), st.integers(ts, ts + 10_000)))
+    return turn(draw(texts), ts, intent=draw(intents), asr_confidence=draw(conf),
+                nlu_confidence=draw(conf), barge_in_ts=barge,
+                signals=draw(st.lists(st.sampled_from(
+                    ["barge_in", "rephrased", "negative_feedback", "stop_followup"]),
+                    unique=True)))
+
+
+@given(turns(0), st.one_of(st.none(), turns(5_000)))
+def test_always_a_known_point_and_deterministic(t: TurnState, r: TurnState | None) -> None:
+    point = attribute(t, r)
+    assert point in FAILURE_POINTS and attribute(t, r) == point

@@ -1,0 +1,280 @@
+"""Rewrite mining: closed-form absorption probabilities, a generated population with a known best
+rewrite, personal-vs-global precedence, withdrawal, snapshots and the state bound."""
+
+from __future__ import annotations
+
+import json
+import random
+from fractions import Fraction
+
+import pytest
+
+from stream.rewrites import (
+    REWRITE_TRIGGERS,
+    PersonalRewriteMiner,
+    RewriteConfig,
+    RewriteLayers,
+    RewriteMiner,
+)
+
+WILK = "weather in wilkerson"
+
+
+def chain(utts: list[str], ok: bool, ts: int = 0, device: str = "d0") -> dict:
+    return {"device_id": device, "event_ids": [f"e{i}" for i in range(len(utts))],
+            "utterances": utts, "outcome": "success" if ok else "failure", "ts": ts}
+
+
+def feed(miner, chains: list[dict]) -> list:
+    return [o for c in chains for o in miner.learn_one(c)]
+
+
+def test_brief_example_closed_form() -> None:
+    # u1 -> u2 twice, u1 -> FAILURE once, u2 -> SUCCESS twice:
+    # P(s|u2) = 2/2 = 1; P(s|u1) = 2/3 * P(s|u2) + 1/3 * 0 = 2/3.
+    m = RewriteMiner(RewriteConfig(min_support=2))
+    outs = feed(m, [chain(["u1", "u2"], True, 1), chain(["u1"], False, 2),
+                    chain(["u1", "u2"], True, 3)])
+    p = m.solve(["u1"])
+    assert p["u1"] == pytest.approx(2 / 3) and p["u2"] == pytest.approx(1.0)
+    assert [(o.stream, o.key) for o in outs] == [(REWRITE_TRIGGERS, "global:u1")]
+    assert outs[0].record == {
+        "utterance": "u1", "rewrite": "u2", "layer": "global", "device_id": None,
+        "p_success": 1.0, "p_success_original": 0.666667, "support": 2, "ts": 3}
+
+
+def test_cycle_closed_form_prior_and_discount() -> None:
+    chains = ([chain(["a", "b"], True)] * 2 + [chain(["a"], False), chain(["b"], False),
+              chain(["a", "c"], True), chain(["c"], True), chain(["b", "a", "b"], True)])
+    # Counts: a -> b 3, a -> c 1, a -> F 1 | b -> a 1, b -> S 3, b -> F 1 | c -> S 2.
+    # P(a) = 3/5 P(b) + 1/5 P(c); P(b) = 1/5 P(a) + 3/5; P(c) = 1
+    #   => P(a) = 3/25 P(a) + 14/25 => P(a) = 14/22 = 7/11, P(b) = 8/11.
+    m = RewriteMiner()
+    feed(m, chains)
+    p = m.solve(["a"])
+    assert p == pytest.approx({"a": 7 / 11, "b": 8 / 11, "c": 1.0})
+    assert m.states["a"].support == {"b": 3, "c": 1}  # [b, a, b] counts once for (a, b)
+    assert m.states["b"].support == {"a": 1}
+    # prior 1 (0.5 S + 0.5 F per row): rows total 6, 6, 3:
+    # P(c) = 2.5/3; P(b) = 1/6 P(a) + 3.5/6; P(a) = 3/6 P(b) + 1/6 P(c) + 0.5/6.
+    m = RewriteMiner(RewriteConfig(prior=1.0))
+    feed(m, chains)
+    pc = Fraction(5, 6)
+    pa = (Fraction(3, 6) * Fraction(7, 12) + Fraction(1, 6) * pc + Fraction(1, 12)) / (
+        1 - Fraction(3, 6) * Fraction(1, 6))
+    pb = Fraction(1, 6) * pa + Fraction(7, 12)
+    assert m.solve(["a"]) == pytest.approx({"a": float(pa), "b": float(pb), "c": float(pc)})
+    # discount g: every transition is worth g: P(u1) = g * 2/3 * P(u2).
+    m = RewriteMiner(RewriteConfig(discount=0.5))
+    feed(m, [chain(["u1", "u2"], True)] * 2 + [chain(["u1"], False)])
+    assert m.solve(["u1"]) == pytest.approx({"u1": 1 / 3, "u2": 1.0})
+
+
+def test_persistent_users_need_a_discount() -> None:
+    # Users of u always rephrase to r and then succeed: P(s|u) = P(s|r) = 1, no gain.
+    chains = [chain(["u", "r"], True, i) for i in range(5)]
+    plain = RewriteMiner()
+    assert feed(plain, chains) == [] and plain.get("u") is None
+    discounted = RewriteMiner(RewriteConfig(discount=0.5))
+    feed(discounted, chains)
+    assert discounted.get("u")["rewrite"] == "r"
+
+
+# -- a generated population with a known best rewrite ---------------------------------------------
+BAD = [f"play thing {i}" for i in range(8)]
+
+
+def population(seed: int, n: int = 3000) -> tuple[list[dict], dict[str, str]]:
+    """Chains over bad utterances with a known best rewrite, weak rewrites and good utterances.
+
+    Each bad utterance u fails 90% of the time; users then rephrase to the true best rewrite
+    (succeeds 90%), to a bad rewrite (succeeds 10%, sometimes rephrased again to the best:
+    P(success) = 0.28), to a rare rewrite (always succeeds but seen at most twice), or give up. Good
+    utterances succeed 95% and are occasionally rephrased to an equally good variant.
+    """
+    rng = random.Random(seed)
+    best = {u: f"{u} audiobook" for u in BAD}
+    rare_used: dict[str, int] = {}
+    out = []
+    for i in range(n):
+        dev = f"d{rng.randrange(200)}"
+        if rng.random() < 0.4:
+            g = f"good request {rng.randrange(10)}"
+            if rng.random() < 0.95:
+                out.append(chain([g], True, i, dev))
+            else:
+                out.append(chain([g, g + " please now"], rng.random() < 0.95, i, dev))
+            continue
+        u = rng.choice(BAD)
+        if rng.random() < 0.1:
+            out.append(chain([u], True, i, dev))
+            continue
+        x = rng.random()
+        if x < 0.45:
+            utts, ok = [u, best[u]], rng.random() < 0.9
+        elif x < 0.6:
+            weak, y = f"{u} video", rng.random()
+            if y < 0.1:
+                utts, ok = [u, weak], True
+            elif y < 0.3:
+                utts, ok = [u, weak, best[u]], rng.random() < 0.9
+            else:
+                utts, ok = [u, weak], False
+        elif x < 0.62 and rare_used.get(u, 0) < 2:
+            rare_used[u] = rare_used.get(u, 0) + 1
+            utts, ok = [u, f"{u} rare"], True
+        else:
+            utts, ok = [u], False
+        out.append(chain(utts, ok, i, dev))
+    return out, best
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_population_finds_the_best_rewrite(seed: int) -> None:
+    chains, best = population(seed)
+    m = RewriteMiner()
+    outs = feed(m, chains)
+    for u in BAD:
+        rec = m.get(u)
+        assert rec is not None and rec["rewrite"] == best[u], (u, rec)
+        assert rec["p_success"] >= 0.6 and rec["p_success"] - rec["p_success_original"] >= 0.2
+    # Good utterances get none; the bad rewrite may itself be rewritten to the best one.
+    assert set(BAD) <= set(m.published) <= set(BAD) | {f"{u} video" for u in BAD}
+    for u in BAD:
+        assert (m.get(f"{u} video") or {"rewrite": best[u]})["rewrite"] == best[u]
+    published = {o.record["rewrite"] for o in outs if o.record["rewrite"]}
+    assert not any(r.endswith(" rare") for r in published)  # support 2: never
+    # With support 3 a bad rewrite lucky in its first few uses can be published for a while
+    # (seed 2: 3 of 3 looked fine); with 5 it never was in 40 seeds (see the report).
+    strict = RewriteMiner(RewriteConfig(min_support=5))
+    outs = feed(strict, chains)
+    assert {o.record["rewrite"] for o in outs if o.record["rewrite"]} == set(best.values())
+    assert all(strict.get(u)["rewrite"] == best[u] for u in BAD)
+    assert all(o.key == f"global:{o.record['utterance']}" for o in outs)
+
+
+def test_population_is_deterministic_and_snapshot_continues() -> None:
+    chains, _ = population(7, 2000)
+    a = RewriteMiner()
+    outs_a = feed(a, chains)
+    b = RewriteMiner()
+    outs_b = feed(b, chains[:1000])
+    b = RewriteMiner.from_dict(json.loads(json.dumps(b.to_dict())))
+    outs_b += feed(b, chains[1000:])
+    assert outs_a == outs_b
+    assert a.to_dict() == b.to_dict()
+    assert a.state_sizes() == b.state_sizes()
+
+
+# -- layers ---------------------------------------------------------------------------------------
+def wilkerson_chains() -> list[dict]:
+    chains = []
+    for i in range(40):  # most devices mean Washington; some give up
+        dev = f"g{i}"
+        if i % 4 == 3:
+            chains.append(chain([WILK], False, i, dev))
+        else:
+            chains.append(chain([WILK, f"{WILK} washington"], True, i, dev))
+    # One device means California (and once gave up).
+    for j, ok in enumerate([True, True, False, True]):
+        utts = [WILK, f"{WILK} california"] if ok else [WILK]
+        chains.append(chain(utts, ok, 100 + j, "home"))
+    return chains
+
+
+def test_personal_layer_wins_over_global() -> None:
+    layers = RewriteLayers()
+    outs = feed(layers, wilkerson_chains())
+    assert layers.lookup(WILK)["rewrite"] == f"{WILK} washington"
+    assert layers.lookup(WILK, "g0")["rewrite"] == f"{WILK} washington"  # no personal rewrite
+    rec = layers.lookup("Weather in Wilkerson?", "home")
+    assert rec["rewrite"] == f"{WILK} california" and rec["layer"] == "personal"
+    assert rec["device_id"] == "home" and rec["support"] == 3
+    assert f"personal:home:{WILK}" in {o.key for o in outs}
+    # Global statistics still prefer Washington although "home" fed them California.
+    assert layers.global_.get(WILK)["rewrite"] == f"{WILK} washington"
+
+
+def test_personal_needs_support() -> None:
+    layers = RewriteLayers()
+    feed(layers, wilkerson_chains()[:40] + [chain([WILK, f"{WILK} california"], True, 99, "x"),
+                                            chain([WILK], False, 100, "x")])
+    assert layers.lookup(WILK, "x")["rewrite"] == f"{WILK} washington"
+
+
+def test_withdrawal_when_the_rewrite_starts_failing() -> None:
+    m = RewriteMiner()
+    outs = feed(m, [chain(["u", "r"], True, i) for i in range(4)]
+                + [chain(["u"], False, i) for i in range(4, 8)])
+    assert [o.record["rewrite"] for o in outs] == ["r"]
+    # The rewrite target breaks: users now give up after it.
+    later = feed(m, [chain(["u", "r"], False, 100 + i) for i in range(10)])
+    assert [(o.key, o.record["rewrite"]) for o in later] == [("global:u", None)]
+    assert later[0].record["p_success"] is None and m.get("u") is None
+    assert 100 < later[0].record["ts"] < 110
+    # ... and recovers: published again (a change from null).
+    again = feed(m, [chain(["u", "r"] if i % 2 else ["u"], i % 2 == 1, 200 + i)
+                     for i in range(40)])
+    assert [o.record["rewrite"] for o in again] == ["r"]
+
+
+def test_change_to_a_better_rewrite_is_emitted_once() -> None:
+    m = RewriteMiner()
+    outs = feed(m, [chain(["u", "r1"], True, i) for i in range(3)]
+                + [chain(["u"], False, i) for i in range(3, 13)]
+                + [chain(["u", "r1"], i % 2 == 0, 10 + i) for i in range(6)])
+    assert [o.record["rewrite"] for o in outs] == ["r1"]
+    outs = feed(m, [chain(["u", "r2"], True, 50 + i) for i in range(5)])
+    assert [o.record["rewrite"] for o in outs] == ["r2"]
+
+
+def test_eviction_bound_and_withdrawal() -> None:
+    m = RewriteMiner(RewriteConfig(max_states=50))
+    feed(m, [chain(["u", "r"], True, i) for i in range(3)] + [chain(["u"], False, 3)] * 3)
+    assert m.get("u")["rewrite"] == "r"
+    outs = feed(m, [chain([f"x{i}", f"y{i}"], True, 10 + i) for i in range(100)])
+    assert len(m.states) <= 50 and m.evictions == 152
+    assert [(o.key, o.record["rewrite"]) for o in outs] == [("global:u", None)]
+    sizes = m.state_sizes()
+    assert sizes["states"] == 50 and sizes["published"] == 0
+    # No dangling references to evicted states.
+    for st in m.states.values():
+        assert set(st.out) | set(st.support) | st.preds | st.supporters <= set(m.states)
+
+
+def test_personal_devices_are_bounded() -> None:
+    pm = PersonalRewriteMiner(max_devices=3)
+    outs = feed(pm, [chain(["u", "r"], True, i, "a") for i in range(3)]
+                + [chain(["u"], False, 3, "a")] * 3)
+    assert pm.get("u", "a")["rewrite"] == "r"
+    outs = feed(pm, [chain(["v"], True, 10 + i, f"b{i}") for i in range(3)])
+    assert pm.get("u", "a") is None and pm.evictions == 1
+    assert [(o.key, o.record["rewrite"]) for o in outs] == [("personal:a:u", None)]
+    assert pm.state_sizes()["devices"] == 3
+
+
+def test_layers_snapshot_round_trip() -> None:
+    layers = RewriteLayers()
+    chains = wilkerson_chains()
+    feed(layers, chains[:30])
+    restored = RewriteLayers.from_dict(json.loads(json.dumps(layers.to_dict())))
+    assert feed(restored, chains[30:]) == feed(layers, chains[30:])
+    assert restored.to_dict() == layers.to_dict()
+    assert restored.lookup(WILK, "home") == layers.lookup(WILK, "home")
+
+
+def test_neighbourhood_cap_and_bad_input() -> None:
+    m = RewriteMiner(RewriteConfig(max_neighbourhood=5))
+    feed(m, [chain([f"s{i}" for i in range(20)], True)])
+    assert m.neighbourhood(["s0"]) == ["s0", "s1", "s2", "s3", "s4"]
+    assert m.solve(["s0"]) == {}  # no absorption reachable inside the 5 states
+    m.learn_one(chain(["s2"], False))
+    assert m.solve(["s0"]) == {"s0": 0.0, "s1": 0.0, "s2": 0.0}
+    with pytest.raises(ValueError):
+        m.learn_one({"device_id": "d", "utterances": [], "outcome": "success", "ts": 1})
+    with pytest.raises(ValueError):
+        m.learn_one({"device_id": "d", "utterances": ["a"], "outcome": "meh", "ts": 1})
+    with pytest.raises(ValueError):
+        m.learn_one({"utterances": ["a"], "outcome": "success", "ts": 1})  # no device_id
+    with pytest.raises(ValueError):
+        RewriteConfig(discount=0.0)
