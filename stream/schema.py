@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from typing import Any
+import re
+from itertools import accumulate
 
 import orjson
 
@@ -92,6 +93,11 @@ def raw_field(raw: bytes | str) -> dict[str, str]:
     {'raw': '/wA=', 'raw_encoding': 'base64'}
     """
     if isinstance(raw, str):
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: not representable in a JSON record
+            return {"raw": base64.b64encode(raw.encode("utf-8", "surrogatepass")).decode(
+                "ascii"), "raw_encoding": "base64"}
         return {"raw": raw, "raw_encoding": "text"}
     try:
         return {"raw": raw.decode("utf-8"), "raw_encoding": "text"}
@@ -99,17 +105,32 @@ def raw_field(raw: bytes | str) -> dict[str, str]:
         return {"raw": base64.b64encode(raw).decode("ascii"), "raw_encoding": "base64"}
 
 
-def _depth_ok(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return True
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_BRACKET_DELTA = [0] * 256
+_BRACKET_DELTA[ord("[")] = _BRACKET_DELTA[ord("{")] = 1
+_BRACKET_DELTA[ord("]")] = _BRACKET_DELTA[ord("}")] = -1
+# C0 controls, DEL and C1 controls (Unicode category Cc).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _text_depth(data: bytes, limit: int) -> int:
+    """Nesting depth of the JSON text ``data`` (exact for valid JSON), without parsing it.
+
+    orjson 3.8 has no depth limit on ``loads`` and converts recursively: ~100,000 nested
+    objects (500 KB) overflow the C stack and kill the process (SIGSEGV). So the text is
+    measured first, in linear time: escaped backslashes and escaped quotes are dropped, then
+    every other quote toggles "inside a string", and brackets inside strings do not count.
+    (For invalid JSON the number is meaningless but harmless: orjson rejects such text before
+    it builds any object.) Depth counts containers: ``{"a": 1}`` is 1 level, ``{"a": []}`` 2.
+
+    >>> _text_depth(b'{"a": [1, {"b": "]]]}\\\\\\"{{"}]}', 1), _text_depth(b'[' * 5000, 16)
+    (3, 5000)
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return 0  # cannot be deeper than the limit: skip the scan (the common case)
+    outside = b"".join(data.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')[::2])
+    brackets = _NOT_BRACKET.sub(b"", outside)
+    return max(accumulate(map(_BRACKET_DELTA.__getitem__, brackets)), default=0)
 
 
 class Parser:
@@ -132,7 +153,15 @@ class Parser:
             )
 
     def _parse(self, raw: bytes | str) -> Event:
-        size = len(raw)
+        if isinstance(raw, str):
+            try:
+                data = raw.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise _Reject("invalid_utf8", f"not valid UTF-8: {exc.reason} at character "
+                              f"{exc.start}") from None
+        else:
+            data = raw
+        size = len(data)
         if size > self.s.max_message_bytes:
             raise _Reject("too_large", f"message of {size} bytes exceeds the limit of "
                           f"{self.s.max_message_bytes} bytes")
@@ -142,17 +171,24 @@ class Parser:
             except UnicodeDecodeError as exc:
                 raise _Reject("invalid_utf8", f"not valid UTF-8: {exc.reason} at byte "
                               f"{exc.start}") from None
+        depth = _text_depth(data, self.s.max_json_depth)
+        if depth > self.s.max_json_depth:
+            raise _Reject("too_deep", f"JSON nested {depth} levels deep, limit "
+                          f"{self.s.max_json_depth}")
         try:
-            obj = orjson.loads(raw)
+            obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             reason = "too_deep" if "recursion" in str(exc).lower() else "invalid_json"
             raise _Reject(reason, f"not JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise _Reject("not_object", f"expected a JSON object, got {type(obj).__name__}")
-        if not _depth_ok(obj, self.s.max_json_depth):
-            raise _Reject("too_deep", f"JSON nested deeper than {self.s.max_json_depth} levels")
         etype = obj.get("type")
-        build = _PARSERS.get(etype) if isinstance(etype, str) else None
+        if etype is None:
+            raise _Reject("missing_field", "required field 'type' is missing")
+        if not isinstance(etype, str):
+            raise _Reject("wrong_type", f"field 'type' must be a string, got "
+                          f"{type(etype).__name__}")
+        build = _PARSERS.get(etype)
         if build is None:
             known = ", ".join(sorted(_PARSERS))
             raise _Reject("unknown_type", f"unknown event type {etype!r} (expected one of "
@@ -178,7 +214,7 @@ class Parser:
         if len(value) > self.s.max_field_chars:
             raise _Reject("field_too_long", f"field {name!r} has {len(value)} characters, "
                           f"limit {self.s.max_field_chars}")
-        if not value.isprintable() and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        if not value.isprintable() and _CONTROL.search(value):
             raise _Reject("control_chars", f"field {name!r} contains control characters")
         return value
 
