@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -24,6 +25,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from stream.settings import Settings
+
 log = logging.getLogger(__name__)
 
 SECURITY_FIELDS = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
@@ -31,6 +34,8 @@ SECURITY_FIELDS = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _TOPIC_ALREADY_EXISTS = 36
+_ORJSON_MAX_BRACKETS = 512
+_MIN_TS, _MAX_TS = Settings.min_ts, Settings.max_ts
 
 
 class KafkaIOError(RuntimeError):
@@ -182,8 +187,10 @@ class ProduceStats:
     messages: int = 0
     """Kafka records sent: lines + (partitions - 1) per watermark line."""
     unkeyed: int = 0
-    """Non-watermark lines sent with a null key: not a JSON object, or no string key field."""
+    """Lines sent once with a null key: not a JSON object, no string key field, or a watermark
+    without a valid ``ts``."""
     watermarks: int = 0
+    """Valid watermark lines, each sent to every partition."""
     bytes: int = 0
     seconds: float = 0.0
 
@@ -271,19 +278,31 @@ async def _line_batches(source: Any) -> Any:
             fh.close()
 
 
+def _loads(line: bytes) -> Any:
+    if line.count(b"{") + line.count(b"[") > _ORJSON_MAX_BRACKETS:
+        # orjson 3.8 has no depth limit: ~100k nested containers overflow the C stack and kill
+        # the process (SIGSEGV). The stdlib parser raises RecursionError instead.
+        return json.loads(line)
+    return orjson.loads(line)
+
+
 def _inspect(line: bytes, key_field: str) -> tuple[bytes | None, bool, float | None]:
-    """(key, is_watermark, ts) of one line; anything unparsable gives (None, False, None)."""
+    """(key, is a valid watermark, ts) of one line; unparsable lines give (None, False, None).
+
+    Only a watermark with a valid ``ts`` (integer epoch ms within the schema's range) is
+    broadcast; an invalid one is an ordinary bad line, sent once and dead-lettered once.
+    """
     try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
+        obj = _loads(line)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
         return None, False, None
     if not isinstance(obj, dict):
         return None, False, None
-    key = obj.get(key_field)
-    ts = obj.get("ts")
+    key, ts = obj.get(key_field), obj.get("ts")
+    valid_ts = isinstance(ts, int) and not isinstance(ts, bool) and _MIN_TS <= ts <= _MAX_TS
     return (
         key.encode() if isinstance(key, str) and key else None,
-        obj.get("type") == "watermark",
+        obj.get("type") == "watermark" and valid_ts,
         float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else None,
     )
 
@@ -331,10 +350,10 @@ async def produce_file_async(
 
     Each record is keyed by the line's ``key_field``. Lines that are not JSON objects or lack
     the key are still sent, with a null key: the worker dead-letters them, nothing is dropped.
-    A line with ``"type": "watermark"`` goes to every partition (explicit partition, null key);
-    ``partitions`` is their number, else the broker is asked. ``rate`` caps events/s;
-    ``original_timing`` sleeps by the ``ts`` (ms) gaps divided by ``speedup``. Sends are
-    batched (``linger_ms``) and not awaited one by one. ``security``: neutral option names.
+    A line with ``"type": "watermark"`` and a valid ``ts`` goes to every partition (explicit
+    partition, null key); ``partitions`` is their number, else the broker is asked. ``rate``
+    caps events/s; ``original_timing`` sleeps by the ``ts`` (ms) gaps divided by ``speedup``.
+    Sends are batched (``linger_ms``), not awaited one by one. ``security``: neutral names.
     """
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
