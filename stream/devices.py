@@ -13,6 +13,7 @@ import heapq
 from typing import Any
 
 from stream.detectors import UNKNOWN_INTENTS, RephraseScorer, barge_in_source
+from stream.failure import FailureThresholds, attribute
 from stream.records import (
     BARGE_INS,
     CHAINS,
@@ -40,6 +41,7 @@ class DeviceStage:
     ) -> None:
         self.s = settings or Settings()
         self.emit_chains = emit_chains
+        self.failure_thresholds = FailureThresholds.from_settings(self.s)
         """Emit ``rephrase-chains`` records (the rewrite miner's input) when chains end."""
         self.stats = stats_ if stats_ is not None else EngineStats()
         self.scorer = scorer or RephraseScorer(
@@ -193,12 +195,16 @@ class DeviceStage:
             del st.recent_turns[eid]
         defective = bool(turn.signals)
         if defective:
+            rephrase = st.find_pending(turn.rephrased_by) if turn.rephrased_by else None
+            failure_point = attribute(turn, rephrase, self.failure_thresholds)
             self.stats.signals["defect"] += 1
+            self.stats.failure_points[failure_point] += 1
             out.append(Output(DEFECTS, turn.event_id, {
                 "event_id": turn.event_id,
                 "device_id": st.device_id,
                 "utterance": turn.utterance,
                 "signals": sorted(turn.signals),
+                "failure_point": failure_point,
                 "intent": turn.intent,
                 "domain": turn.domain,
                 "ts": turn.ts,

@@ -38,10 +38,8 @@ from typing import Any
 
 from river.drift import ADWIN
 
-from stream.records import Output
+from stream.records import DEFECT_RATE_ALERTS, Output
 from stream.stats import EngineStats
-
-DEFECT_RATE_ALERTS = "defect-rate-alerts"
 
 
 class _Tracked:

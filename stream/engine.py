@@ -18,12 +18,14 @@ between; this class chains them directly so a recorded stream can be replayed wi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 from stream.devices import DeviceStage
 from stream.rates import RateStage
-from stream.records import DEAD_LETTER, RATE_UPDATES, Output
+from stream.records import CHAINS, DEAD_LETTER, RATE_UPDATES, Output
+from stream.rewrites import RewriteConfig, RewriteLayers
 from stream.schema import Feedback, Invalid, Parser, Turn, raw_field
 from stream.settings import Settings
 from stream.stats import EngineStats
@@ -39,13 +41,15 @@ def dead_letter(reason: str, error: str, raw: bytes | str, event_type: str = "un
 
 
 class DeviceEngine:
-    """Parsing + stage 1. Emits ``rate-updates`` for stage 2 instead of applying them."""
+    """Parsing + stage 1. Emits ``rate-updates`` for stage 2 (and, with ``emit_chains``,
+    ``rephrase-chains`` for rewrite mining) instead of applying them."""
 
-    def __init__(self, settings: Settings | None = None, stats_: EngineStats | None = None):
+    def __init__(self, settings: Settings | None = None, stats_: EngineStats | None = None,
+                 emit_chains: bool = False):
         self.settings = settings or Settings()
         self.stats = stats_ if stats_ is not None else EngineStats()
         self.parser = Parser(self.settings)
-        self.devices = DeviceStage(self.settings, self.stats)
+        self.devices = DeviceStage(self.settings, self.stats, emit_chains=emit_chains)
 
     def process(self, raw: bytes | str, source: dict[str, Any] | None = None) -> list[Output]:
         """All outputs caused by one raw message. Never raises on bad input."""
@@ -84,19 +88,36 @@ class DeviceEngine:
         return self.devices.flush()
 
 
+def rewrite_configs(s: Settings) -> tuple[RewriteConfig, RewriteConfig]:
+    """(global, personal) rewrite-mining configuration from the settings."""
+    base = RewriteConfig(min_support=s.rewrite_min_support,
+                         min_p_success=s.rewrite_min_p_success, min_gain=s.rewrite_min_gain,
+                         max_states=s.rewrite_max_states,
+                         max_neighbourhood=s.rewrite_max_neighbourhood)
+    return base, dataclasses.replace(base, max_states=s.rewrite_personal_max_states)
+
+
 class FeedbackEngine:
-    """Both stages in one process: what ``feedback-stream replay`` runs."""
+    """All stages in one process: what ``feedback-stream replay`` runs."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.stats = EngineStats()
-        self.stage1 = DeviceEngine(self.settings, self.stats)
+        self.stage1 = DeviceEngine(self.settings, self.stats, emit_chains=True)
         self.stage2 = RateStage(self.settings, self.stats)
+        global_config, personal_config = rewrite_configs(self.settings)
+        self.rewrites = RewriteLayers(global_config, personal_config,
+                                      self.settings.rewrite_personal_max_devices, self.stats)
 
     def _chain(self, outputs: Iterable[Output]) -> list[Output]:
-        result = []
+        result: list[Output] = []
         for out in outputs:
-            result.append(self.stage2.apply(out.record) if out.stream == RATE_UPDATES else out)
+            if out.stream == RATE_UPDATES:
+                result += self.stage2.apply(out.record)
+            elif out.stream == CHAINS:
+                result += self.rewrites.learn_one(out.record)
+            else:
+                result.append(out)
         return result
 
     def process(self, raw: bytes | str, source: dict[str, Any] | None = None) -> list[Output]:

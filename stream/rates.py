@@ -22,6 +22,7 @@ from typing import Any
 from river import stats
 from scipy.special import betaincinv
 
+from stream.drift import DefectRateDrift
 from stream.records import DEFECT_RATES, KEY_TYPES, Output, rate_key
 from stream.settings import Settings
 from stream.stats import EngineStats
@@ -89,8 +90,15 @@ class RateStage:
         self.trackers: dict[str, dict[str, DefectRateTracker]] = {k: {} for k in KEY_TYPES}
         self.dirty: set[str] = set()
         self.removed: set[str] = set()
+        s = self.settings
+        self.drift = DefectRateDrift(min_plays=s.drift_min_plays, max_keys=s.drift_max_keys,
+                                     delta=s.drift_delta, stats_=self.stats)
 
-    def apply(self, update: dict[str, Any]) -> Output:
+    def apply(self, update: dict[str, Any]) -> list[Output]:
+        """The new estimate of the update's key, and a drift alert if its rate changed."""
+        return [self._count(update), *self.drift.learn_one(update)]
+
+    def _count(self, update: dict[str, Any]) -> Output:
         key_type, key = update["key_type"], update["key"]
         table = self.trackers[key_type]
         tracker = table.pop(key, None)

@@ -14,6 +14,8 @@ DEFECTS = "defects"
 DEFECT_RATES = "defect-rates"
 TEACHABLE_MOMENTS = "teachable-moments"
 DEAD_LETTER = "dead-letter"
+REWRITE_TRIGGERS = "rewrite-triggers"
+DEFECT_RATE_ALERTS = "defect-rate-alerts"
 # Internal stream between stage 1 (per device) and stage 2 (per estimate key).
 RATE_UPDATES = "rate-updates"
 # Internal stream: one record per finished rephrase chain (input of rewrite mining).
@@ -26,6 +28,8 @@ OUTPUT_STREAMS: tuple[str, ...] = (
     DEFECT_RATES,
     TEACHABLE_MOMENTS,
     DEAD_LETTER,
+    REWRITE_TRIGGERS,
+    DEFECT_RATE_ALERTS,
 )
 
 KEY_TYPES: tuple[str, ...] = ("utterance", "intent", "domain", "device_type")

@@ -57,11 +57,10 @@ from typing import Any
 
 import numpy as np
 
-from stream.records import Output
+from stream.records import REWRITE_TRIGGERS, Output
 from stream.stats import EngineStats
 from stream.text import normalize
 
-REWRITE_TRIGGERS = "rewrite-triggers"
 LAYERS = ("global", "personal")
 _MAX_CHAIN = 32  # longer chains are pathological; their head adds nothing but O(n^2) pairs
 _VISIT_FACTOR = 16

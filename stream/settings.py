@@ -47,6 +47,21 @@ class Settings:
     max_tracked_keys: int = 200_000
     """Cap on defect-rate estimators per key type (least recently updated are evicted)."""
     top_k: int = 20
+    # --- rewrite mining (absorbing Markov chain) ---
+    rewrite_min_support: int = 5
+    """Chains in which the original occurs with the rewrite later, needed to publish."""
+    rewrite_min_p_success: float = 0.6
+    rewrite_min_gain: float = 0.2
+    """P(success | rewrite) - P(success | original) needed to publish."""
+    rewrite_max_states: int = 200_000
+    rewrite_max_neighbourhood: int = 64
+    rewrite_personal_max_devices: int = 10_000
+    rewrite_personal_max_states: int = 1_000
+    # --- drift ---
+    drift_min_plays: int = 30
+    """Plays of a key before its defect rate is watched for drift (ADWIN)."""
+    drift_max_keys: int = 10_000
+    drift_delta: float = 0.002
     # --- input limits ---
     max_message_bytes: int = 1_048_576
     max_field_chars: int = 4_096

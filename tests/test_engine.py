@@ -102,7 +102,9 @@ def test_chain_of_three_is_a_teachable_moment_once():
 def test_stop_followup_marks_previous_turn_defective():
     out = run(turn("a", 0, "play the news", tts_end_ts=2000), turn("b", 4000, "Stop!"))
     assert out["defects"] == [{"event_id": "a", "device_id": "d1", "utterance": "play the news",
-                               "signals": ["stop_followup"], "intent": None, "domain": None,
+                               "signals": ["stop_followup"],
+                               # no intent or confidences to go on: no attribution
+                               "failure_point": "unknown", "intent": None, "domain": None,
                                "ts": 1_700_000_000_000}]
     out = run(turn("a", 0, "play the news"), turn("b", 30_000, "stop"))
     assert "defects" not in out

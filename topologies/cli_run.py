@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.rates import DefectRateTracker, rank_defective
-from stream.records import DEFECT_RATES, OUTPUT_STREAMS
+from stream.records import DEFECT_RATES, OUTPUT_STREAMS, REWRITE_TRIGGERS
 from stream.replay import top_table
 from stream.settings import Settings
 from topologies.broker import BrokerError, EmbeddedBroker
@@ -145,4 +145,14 @@ def demo_summary(outputs: dict[str, list[dict[str, Any]]], settings: Settings,
             latest[rec["key"]] = DefectRateTracker(rec["plays"], rec["defects"],
                                                    rec["updated_ts"])
     lines.append(top_table(rank_defective(latest.items(), top)))
+    current = {}
+    for rec in outputs[REWRITE_TRIGGERS]:
+        current[(rec["layer"], rec["device_id"], rec["utterance"])] = rec
+    published = [r for r in current.values() if r["rewrite"] is not None]
+    lines.append(f"rewrite triggers published: {len(published)}")
+    for rec in sorted(published, key=lambda r: (r["layer"], -r["support"], r["utterance"]))[:top]:
+        who = f"device {rec['device_id']}" if rec["device_id"] else "all devices"
+        lines.append(f"  {rec['utterance']!r} -> {rec['rewrite']!r}  P(success) "
+                     f"{rec['p_success_original']:.2f} -> {rec['p_success']:.2f}, "
+                     f"support {rec['support']} ({rec['layer']}, {who})")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ and state are exactly those of the in-process replay of that partition.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, NamedTuple
 
 import orjson
@@ -46,12 +46,16 @@ class DeviceProcessor:
     """Stage 1 over batches: one ``DeviceEngine`` per input partition."""
 
     def __init__(self, settings: Settings, table: MutableMapping[str, bytes],
-                 stats: EngineStats | None = None) -> None:
+                 stats: EngineStats | None = None,
+                 learn_chains: Callable[[list[Output]], list[Output]] | None = None) -> None:
+        """``learn_chains`` (the personal rewrite layer) gets each batch's outputs and returns
+        rewrite triggers; ``rephrase-chains`` records stay in the outputs for the global
+        layer."""
         self.settings = settings
         self.table = table
         self.stats = stats if stats is not None else EngineStats()
+        self.learn_chains = learn_chains
         self.engines: dict[int, DeviceEngine] = {}
-        self.watermarks: dict[int, int] = {}
 
     def reset(self) -> None:
         """Forget in-memory state (after a rebalance); it is reloaded from the table."""
@@ -60,7 +64,8 @@ class DeviceProcessor:
     def engine(self, partition: int) -> DeviceEngine:
         eng = self.engines.get(partition)
         if eng is None:
-            eng = self.engines[partition] = DeviceEngine(self.settings, self.stats)
+            eng = self.engines[partition] = DeviceEngine(
+                self.settings, self.stats, emit_chains=self.learn_chains is not None)
             n = self.settings.partitions
             for device_id, blob in list(self.table.items()):
                 if blob is None:  # a deletion (tombstone) restored from the changelog
@@ -84,6 +89,8 @@ class DeviceProcessor:
                 self.table[device_id] = orjson.dumps(devices.export_device(device_id))
             for device_id in removed:
                 self.table.pop(device_id, None)
+        if self.learn_chains is not None:
+            outputs += self.learn_chains(outputs)
         return outputs
 
     def state_sizes(self) -> dict[str, int]:
@@ -127,7 +134,7 @@ class RateProcessor:
                 self.skipped += 1
                 continue
             self.offsets[rkey] = msg.offset
-            outputs.append(self.stage.apply(update))
+            outputs += self.stage.apply(update)
         dirty, removed = self.stage.take_dirty()
         for rkey in dirty:
             value = self.stage.export_key(rkey)

@@ -20,7 +20,13 @@ from typing import Any
 import orjson
 
 from stream.engine import FeedbackEngine
-from stream.records import DEFECT_RATES, OUTPUT_STREAMS, RATE_UPDATES
+from stream.records import (
+    CHAINS,
+    DEFECT_RATES,
+    OUTPUT_STREAMS,
+    RATE_UPDATES,
+    REWRITE_TRIGGERS,
+)
 from stream.replay import iter_lines
 from stream.settings import ENV_PREFIX, Settings
 from topologies.broker import free_port
@@ -90,9 +96,10 @@ class WorkerProcess:
 def topic_layout(settings: Settings) -> tuple[dict[str, int], set[str]]:
     """Topics to create (name -> partitions) and which of them are compacted."""
     n = settings.partitions
-    topics = {settings.input_topic: n, settings.topic(RATE_UPDATES): n}
+    topics = {settings.input_topic: n, settings.topic(RATE_UPDATES): n,
+              settings.topic(CHAINS): 1}
     topics.update({settings.topic(name): n for name in OUTPUT_STREAMS})
-    return topics, {settings.topic(DEFECT_RATES)}
+    return topics, {settings.topic(DEFECT_RATES), settings.topic(REWRITE_TRIGGERS)}
 
 
 def prepare_topics(settings: Settings) -> None:

@@ -1,0 +1,118 @@
+"""Rewrite mining in the topology: the personal layer next to stage 1, the global layer as a
+single-partition stage.
+
+- **Personal** (per device): chains are born in stage 1, partitioned by device, so each
+  device's ``RewriteMiner`` runs there, its state in the ``personal-rewrites`` table (device id
+  -> miner snapshot), co-partitioned with the input and written once per changed device per
+  batch.
+- **Global**: every chain also goes to the ``rephrase-chains`` topic, which has ONE partition:
+  transitions are far fewer than events (one record per finished chain), and the absorbing chain
+  needs all of them in one place. Its state is one snapshot in the ``global-rewrites`` table,
+  written after every batch together with the offset of the last chain applied (re-delivered
+  chains are skipped). Scaling limit: one worker does the global mining, and each snapshot
+  write is O(states) — fine for tens of thousands of states; beyond that the miner's state
+  should be split into per-utterance table rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import orjson
+
+from stream.engine import rewrite_configs
+from stream.records import CHAINS, Output
+from stream.rewrites import RewriteMiner
+from stream.settings import Settings
+from stream.stats import EngineStats
+from topologies.processors import Message, decode
+
+GLOBAL_KEY = "global"
+
+
+class PersonalRewrites:
+    """Per-device miners loaded lazily from the table; ``learn`` feeds stage-1 chain outputs."""
+
+    def __init__(self, settings: Settings, table: MutableMapping[str, Any],
+                 stats: EngineStats | None = None) -> None:
+        self.config = rewrite_configs(settings)[1]
+        self.table = table
+        self.stats = stats
+        self.miners: dict[str, RewriteMiner] = {}
+
+    def reset(self) -> None:
+        self.miners.clear()
+
+    def miner(self, device_id: str) -> RewriteMiner:
+        miner = self.miners.get(device_id)
+        if miner is None:
+            blob = self.table.get(device_id)
+            miner = (RewriteMiner(self.config, "personal", device_id, self.stats) if blob is None
+                     else RewriteMiner.from_dict(decode(blob), self.stats, self.config))
+            self.miners[device_id] = miner
+        return miner
+
+    def learn(self, outputs: list[Output]) -> list[Output]:
+        """Rewrite triggers of the chains among ``outputs``; changed miners are written back."""
+        triggers: list[Output] = []
+        changed: set[str] = set()
+        for out in outputs:
+            if out.stream == CHAINS:
+                device_id = out.record["device_id"]
+                triggers += self.miner(device_id).learn_one(out.record)
+                changed.add(device_id)
+        for device_id in changed:
+            self.table[device_id] = orjson.dumps(self.miners[device_id].to_dict(False))
+        return triggers
+
+    def lookup(self, utterance: str, device_id: str) -> dict[str, Any] | None:
+        if device_id not in self.miners and self.table.get(device_id) is None:
+            return None
+        return self.miner(device_id).get(utterance)
+
+
+class GlobalRewriteProcessor:
+    """The global layer over batches of ``rephrase-chains`` records (one partition)."""
+
+    def __init__(self, settings: Settings, table: MutableMapping[str, Any],
+                 stats: EngineStats | None = None) -> None:
+        self.config = rewrite_configs(settings)[0]
+        self.table = table
+        self.stats = stats
+        self.miner: RewriteMiner | None = None
+        self.offset = -1
+        self.skipped = 0
+
+    def reset(self) -> None:
+        self.miner = None
+
+    def _load(self) -> RewriteMiner:
+        if self.miner is None:
+            blob = self.table.get(GLOBAL_KEY)
+            if blob is None:
+                self.miner, self.offset = RewriteMiner(self.config, "global", None,
+                                                       self.stats), -1
+            else:
+                data = decode(blob)
+                self.miner = RewriteMiner.from_dict(data["m"], self.stats, self.config)
+                self.offset = data["o"]
+        return self.miner
+
+    def process(self, batch: Iterable[Message]) -> list[Output]:
+        miner = self._load()
+        outputs: list[Output] = []
+        applied = 0
+        for msg in batch:
+            if msg.offset <= self.offset:
+                self.skipped += 1
+                continue
+            self.offset = msg.offset
+            outputs += miner.learn_one(orjson.loads(msg.value))
+            applied += 1
+        if applied:
+            self.table[GLOBAL_KEY] = orjson.dumps({"m": miner.to_dict(False), "o": self.offset})
+        return outputs
+
+    def lookup(self, utterance: str) -> dict[str, Any] | None:
+        return self._load().get(utterance)
