@@ -178,7 +178,9 @@ class Parser:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            reason = "too_deep" if "recursion" in str(exc).lower() else "invalid_json"
+            # orjson >= 3.10 stops at 1024 levels ("depth limit exceeded"; older: "recursion")
+            message = str(exc).lower()
+            reason = "too_deep" if "depth" in message or "recursion" in message else "invalid_json"
             raise _Reject(reason, f"not JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise _Reject("not_object", f"expected a JSON object, got {type(obj).__name__}")
