@@ -145,7 +145,7 @@ class RewriteMiner:
         out: list[Output] = []
         while len(states) > self.config.max_states:
             self._evict(next(iter(states)), ts, out)
-        sources = self._affected(utts)[:max(1, self.config.max_neighbourhood // 4)]
+        sources = self._affected(utts, max(1, self.config.max_neighbourhood // 4))
         if sources:
             solved = self.solve(sources)
             for u in sources:
@@ -174,12 +174,16 @@ class RewriteMiner:
         min_support = self.config.min_support
         return u in self.published or any(c >= min_support for c in self.states[u].support.values())
 
-    def _affected(self, seeds: list[str]) -> list[str]:
-        """Seeds and the states that can reach them, nearest and most traversed first."""
+    def _affected(self, seeds: list[str], limit: int) -> list[str]:
+        """Up to ``limit`` candidates among the seeds and the states that can reach them,
+        nearest and most traversed first. The search stops once ``limit`` candidates are
+        found: later ones would come after them in this order anyway (the hot path for
+        popular utterances with many predecessors)."""
         states, visit_cap = self.states, _VISIT_FACTOR * self.config.max_neighbourhood
         seen = dict.fromkeys(seeds)
+        found = [u for u in seen if self._is_candidate(u)]
         frontier = list(seen)
-        while frontier and len(seen) < visit_cap:
+        while frontier and len(seen) < visit_cap and len(found) < limit:
             nxt: list[str] = []
             for v in frontier:
                 preds = sorted((p for p in states[v].preds if p not in seen),
@@ -187,8 +191,10 @@ class RewriteMiner:
                 for p in preds[:visit_cap - len(seen)]:
                     seen[p] = None
                     nxt.append(p)
+                    if self._is_candidate(p):
+                        found.append(p)
             frontier = nxt
-        return [u for u in seen if self._is_candidate(u)]
+        return found[:limit]
 
     # -- solving ---------------------------------------------------------------------------------
     def neighbourhood(self, sources: Iterable[str]) -> list[str]:
