@@ -3,15 +3,17 @@
 # Broker tests start the embedded tansu broker themselves and FAIL (never skip) if it cannot start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v promtool >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then
+if ! command -v promtool >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1 \
+        || ! command -v kcat >/dev/null 2>&1; then
     # Debian: prometheus (real server + promtool) for the monitoring tests, docker-compose to
-    # validate docker-compose.yml (no Docker engine needed for `config`).
+    # validate docker-compose.yml (no Docker engine needed for `config`), kcat for the interop
+    # test.
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
         $SUDO apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus docker-compose >/dev/null
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus docker-compose kcat >/dev/null
     else
-        echo "promtool not found and apt-get unavailable: install Prometheus (promtool) first" >&2
+        echo "promtool/docker-compose/kcat missing and apt-get unavailable: install them first" >&2
         exit 1
     fi
 fi
