@@ -116,10 +116,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def _text_depth(data: bytes, limit: int) -> int:
     """Nesting depth of the JSON text ``data`` (exact for valid JSON), without parsing it.
 
-    orjson 3.8 has no depth limit on ``loads`` and converts recursively: ~100,000 nested
-    objects (500 KB) overflow the C stack and kill the process (SIGSEGV). So the text is
-    measured first, in linear time: escaped backslashes and escaped quotes are dropped, then
-    every other quote toggles "inside a string", and brackets inside strings do not count.
+    orjson before 3.10 has no depth limit on ``loads`` and converts recursively: ~100,000
+    nested objects (500 KB) overflow the C stack and kill the process (SIGSEGV); 3.10+ stops
+    at 1,024 levels. The text is measured first whatever the version, in linear time:
+    escaped backslashes and escaped quotes are dropped, then every other quote toggles
+    "inside a string", and brackets inside strings do not count.
     (For invalid JSON the number is meaningless but harmless: orjson rejects such text before
     it builds any object.) Depth counts containers: ``{"a": 1}`` is 1 level, ``{"a": []}`` 2.
 

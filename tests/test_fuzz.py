@@ -8,7 +8,6 @@ dead-letter record with a reason code, the error and the raw input - and nothing
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import random
@@ -29,11 +28,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.engine import FeedbackEngine
-from stream.records import DEAD_LETTER, DEFECT_RATES, OUTPUT_STREAMS, Output
-from stream.schema import REASONS, Invalid, Parser, Watermark, _text_depth
+from stream.records import DEAD_LETTER, OUTPUT_STREAMS, Output
+from stream.schema import REASONS, _text_depth
 from stream.settings import Settings
 from stream.synth import BASE_TS, generate
-from topologies.kafka_io import read_topic
+from tests.test_kafka_pipeline import canonical
+from topologies.kafka_io import produce_file, read_topic
 from topologies.runner import WorkerProcess, collect_outputs, demo_settings, prepare_topics
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
@@ -439,18 +439,6 @@ def mixed_stream(seed: int = 11) -> tuple[list[bytes], list[str | None]]:
     return lines, want
 
 
-def canonical(records: dict[str, list[dict]]) -> dict[str, Counter]:
-    """Records as multisets without their transport-specific ``source``; defect-rates as the
-    final record per key (what tests/test_kafka_pipeline.py compares too)."""
-    view: dict[str, Counter] = {}
-    for name, recs in records.items():
-        if name == DEFECT_RATES:
-            recs = list({(r["key_type"], r["key"]): r for r in recs}.values())
-        view[name] = Counter(orjson.dumps({k: v for k, v in r.items() if k != "source"},
-                                          option=orjson.OPT_SORT_KEYS) for r in recs)
-    return view
-
-
 @pytest.fixture(scope="module")
 def mixed() -> dict[str, Any]:
     lines, want = mixed_stream()
@@ -476,42 +464,6 @@ def test_mixed_stream_in_process(mixed):
     assert records["defects"] and records["rephrases"] and records["barge-ins"]
 
 
-def produce_lines(lines: list[bytes], bootstrap: str, topic: str, partitions: int) -> int:
-    """Send every line as ``feedback-stream produce`` does (key device_id, null key for lines
-    without one, a watermark to every partition) - except that only a *valid* watermark is
-    fanned out: produce_file also copies invalid ones to every partition, which turns one bad
-    line into one dead letter per partition (see test_produce_sends_invalid_watermark_once).
-    Returns the number of Kafka records sent."""
-    from aiokafka import AIOKafkaProducer
-
-    parser = Parser()
-
-    async def run() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
-                                    max_batch_size=256 * 1024)
-        await producer.start()
-        sent, futures = 0, []
-        try:
-            for line in lines:
-                event = parser.parse(line)
-                targets: list[int | None] = [None]
-                key = None
-                if isinstance(event, Watermark):
-                    targets = list(range(partitions))
-                elif not isinstance(event, Invalid) or event.device_id:
-                    key = (event.device_id or "").encode() or None
-                for partition in targets:
-                    futures.append(await producer.send(topic, line, key=key,
-                                                       partition=partition))
-                    sent += 1
-            await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-        return sent
-
-    return asyncio.run(run())
-
-
 def _metric_total(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for match in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
@@ -529,14 +481,17 @@ def test_mixed_stream_through_a_faust_worker(broker, mixed):
     prepare_topics(s)
     expected_n = Counter({name: len(recs) for name, recs in mixed["records"].items()})
     with WorkerProcess(s) as worker:
-        messages = produce_lines(lines, broker.bootstrap, s.input_topic, s.partitions)
+        produced = produce_file(lines, broker.bootstrap, s.input_topic, progress=False)
+        messages = produced.messages
+        assert produced.lines == len(lines)
+        assert produced.watermarks == 1  # the final one; the corpus' invalid ones go once
         outputs = collect_outputs(s, expected_n, timeout_s=150, worker=worker)
         time.sleep(5.5)  # one gauge refresh; counters are synced after every batch anyway
         with urllib.request.urlopen(f"http://127.0.0.1:{s.web_port}/metrics", timeout=10) as r:
             metrics = r.read().decode()
         assert worker.alive(), worker.log_tail()
-    # Good lines -> the same records as in-process (order-insensitive), bad lines -> the same
-    # dead letters (raw, reason, error, event type, device).
+    # Good lines -> the same records as in-process (order-insensitive, compared the way the
+    # pipeline tests do), bad lines -> the same dead letters (raw, reason, error, type, device).
     got, expected = canonical(outputs), canonical(mixed["records"])
     for name in OUTPUT_STREAMS:
         assert got[name] == expected[name], name
