@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from stream.changes import ChangeSet
 from stream.detectors import UNKNOWN_INTENTS, RephraseScorer, barge_in_source
 from stream.failure import FailureThresholds, attribute
 from stream.records import (
@@ -54,9 +55,8 @@ class DeviceStage:
         self.watermark = 0
         """Stream watermark: turns with ts + window < watermark are final."""
         self._deadlines: list[tuple[int, str, str]] = []
-        self.dirty: set[str] = set()
-        """Devices whose state changed since ``take_dirty`` (for changelog writes)."""
-        self.removed: set[str] = set()
+        self.changes = ChangeSet()
+        """Devices whose state changed or went (for changelog writes; enable to track)."""
 
     # -- events ----------------------------------------------------------------------------------
     def on_turn(self, turn: Turn) -> list[Output] | str:
@@ -144,8 +144,7 @@ class DeviceStage:
         if ts > st.watermark:
             st.watermark = ts
         st.last_ts = max(st.last_ts, ts)
-        self.dirty.add(device_id)
-        self.removed.discard(device_id)  # expired earlier in this batch, active again
+        self.changes.touch(device_id)
         return st, ""
 
     def _advance(self, watermark: int, out: list[Output]) -> None:
@@ -161,7 +160,7 @@ class DeviceStage:
                 if turn is not None:
                     st.pending.remove(turn)
                     self._finalize(st, turn, out)
-                    self.dirty.add(device_id)
+                    self.changes.touch(device_id)
         self._expire_idle(watermark)
 
     def _expire_idle(self, watermark: int) -> None:
@@ -171,8 +170,7 @@ class DeviceStage:
             if st.last_ts >= horizon or st.pending:
                 break
             del self.devices[device_id]
-            self.dirty.discard(device_id)
-            self.removed.add(device_id)
+            self.changes.drop(device_id)
             self.stats.evictions["device"] += 1
 
     def _finalize_device(self, st: DeviceState, before: int | None, out: list[Output]) -> None:
@@ -186,7 +184,7 @@ class DeviceStage:
             else:
                 keep.append(turn)
         st.pending = keep
-        self.dirty.add(st.device_id)
+        self.changes.touch(st.device_id)
 
     def _finalize(self, st: DeviceState, turn: TurnState, out: list[Output]) -> None:
         st.recent_turns[turn.event_id] = turn.ts
@@ -301,6 +299,4 @@ class DeviceStage:
 
     def take_dirty(self) -> tuple[set[str], set[str]]:
         """(changed device ids, removed device ids) since the last call."""
-        dirty, removed = self.dirty, self.removed
-        self.dirty, self.removed = set(), set()
-        return dirty, removed
+        return self.changes.take()

@@ -22,6 +22,7 @@ from typing import Any
 from river import stats
 from scipy.special import betaincinv
 
+from stream.changes import ChangeSet
 from stream.drift import DefectRateDrift
 from stream.records import DEFECT_RATES, KEY_TYPES, Output, rate_key
 from stream.settings import Settings
@@ -88,8 +89,8 @@ class RateStage:
         self.settings = settings or Settings()
         self.stats = stats_ if stats_ is not None else EngineStats()
         self.trackers: dict[str, dict[str, DefectRateTracker]] = {k: {} for k in KEY_TYPES}
-        self.dirty: set[str] = set()
-        self.removed: set[str] = set()
+        self.changes = ChangeSet()
+        """Keys (``key_type:key``) changed or evicted, for changelog writes (enable to track)."""
         s = self.settings
         self.drift = DefectRateDrift(min_plays=s.drift_min_plays, max_keys=s.drift_max_keys,
                                      delta=s.drift_delta, stats_=self.stats)
@@ -107,12 +108,11 @@ class RateStage:
             if len(table) >= self.settings.max_tracked_keys:
                 evicted = next(iter(table))
                 del table[evicted]
-                self.removed.add(rate_key(key_type, evicted))
+                self.changes.drop(rate_key(key_type, evicted))
                 self.stats.evictions["estimator"] += 1
         table[key] = tracker
-        self.removed.discard(rate_key(key_type, key))
         tracker.update(update["defective"], update["ts"])
-        self.dirty.add(rate_key(key_type, key))
+        self.changes.touch(rate_key(key_type, key))
         return Output(DEFECT_RATES, rate_key(key_type, key), self.record(key_type, key, tracker))
 
     @staticmethod
@@ -148,6 +148,4 @@ class RateStage:
 
     def take_dirty(self) -> tuple[set[str], set[str]]:
         """(changed keys, evicted keys) since the last call, as ``key_type:key`` strings."""
-        dirty, removed = self.dirty - self.removed, self.removed
-        self.dirty, self.removed = set(), set()
-        return dirty, removed
+        return self.changes.take()

@@ -66,6 +66,7 @@ class DeviceProcessor:
         if eng is None:
             eng = self.engines[partition] = DeviceEngine(
                 self.settings, self.stats, emit_chains=self.learn_chains is not None)
+            eng.devices.changes.enabled = True
             n = self.settings.partitions
             for device_id, blob in list(self.table.items()):
                 if blob is None:  # a deletion (tombstone) restored from the changelog
@@ -115,13 +116,18 @@ class RateProcessor:
         self.settings = settings
         self.table = table
         self.stats = stats if stats is not None else EngineStats()
-        self.stage = RateStage(settings, self.stats)
+        self.stage = self._new_stage()
         self.offsets: dict[str, int] = {}
         self.skipped = 0
 
     def reset(self) -> None:
-        self.stage = RateStage(self.settings, self.stats)
+        self.stage = self._new_stage()
         self.offsets.clear()
+
+    def _new_stage(self) -> RateStage:
+        stage = RateStage(self.settings, self.stats)
+        stage.changes.enabled = True
+        return stage
 
     def process(self, batch: Iterable[Message]) -> list[Output]:
         outputs: list[Output] = []
