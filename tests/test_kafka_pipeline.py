@@ -69,10 +69,14 @@ def canonical(records: dict[str, list[dict]]) -> dict[str, Counter]:
             recs = list(last.values())
         elif name == REWRITE_TRIGGERS:
             # The global layer sees chains in arrival order, which differs between one
-            # process and four partitions: when a rewrite is published may differ, what is
-            # finally published may not.
+            # process and four partitions: *when* a rewrite is published may differ, and of
+            # two rewrites within the hysteresis of each other the first one published stays.
+            # Which utterances get a rewrite may not differ; personal rewrites are exact.
             last = {(r["layer"], r["device_id"], r["utterance"]): r for r in recs}
-            recs = [{k: r[k] for k in ("layer", "device_id", "utterance", "rewrite")}
+            recs = [{"layer": r["layer"], "device_id": r["device_id"],
+                     "utterance": r["utterance"],
+                     "rewrite": r["rewrite"] if r["layer"] == "personal"
+                     else r["rewrite"] is not None}
                     for r in last.values()]
         view[name] = Counter(
             orjson.dumps({k: v for k, v in r.items() if k != "source"},
