@@ -72,7 +72,7 @@ def run_pipeline(msgs: list[Message], restart_every: int | None = None):
 
     def fresh():
         personal = PersonalRewrites(settings, tables["personal"])
-        return (DeviceProcessor(settings, tables["devices"], learn_chains=personal.learn),
+        return (DeviceProcessor(settings, tables["devices"], chains=personal),
                 RateProcessor(settings, tables["rates"]),
                 GlobalRewriteProcessor(settings, tables["global"]))
 
@@ -96,6 +96,8 @@ def run_pipeline(msgs: list[Message], restart_every: int | None = None):
                 outputs.append(out)
         outputs += rates.process(updates)
         outputs += rewrites.process(chains)
+        for processor in (devices, rates, rewrites):  # outputs "published": state follows
+            processor.commit()
     return outputs, rates, tables["rates"]
 
 
@@ -125,6 +127,7 @@ def test_rate_updates_redelivered_are_not_double_counted():
     update = orjson.dumps({"key_type": "utterance", "key": "play jazz", "defective": True,
                            "ts": 1_700_000_000_000, "event_id": "e1"})
     first = proc.process([Message(None, update, 0, 0)])
+    proc.commit()
     again = RateProcessor(settings, table).process([Message(None, update, 0, 0),
                                                     Message(None, update, 0, 1)])
     assert first[0].record["plays"] == 1

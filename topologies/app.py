@@ -91,7 +91,7 @@ chains = _raw_topic(settings.topic(CHAINS), partitions=1)  # global layer: one p
 
 stats = EngineStats()
 personal = PersonalRewrites(settings, _table("personal-rewrites"), stats)
-devices = DeviceProcessor(settings, _table("device-state"), stats, learn_chains=personal.learn)
+devices = DeviceProcessor(settings, _table("device-state"), stats, chains=personal)
 rates = RateProcessor(settings, _table("defect-rates"), stats)
 global_rewrites = GlobalRewriteProcessor(settings, _table("global-rewrites", 1), stats)
 
@@ -114,6 +114,10 @@ async def _run(stream: faust.StreamT,
             started = time.perf_counter()
             outputs = processor.process(_messages(batch))
             await publisher.publish(outputs)
+            # State after outputs: Faust flushes these changelog writes before it commits the
+            # batch's offsets, so state, outputs and offsets never disagree in a way that
+            # loses records (see README "Guarantees").
+            processor.commit()
             metrics.observe_batch(len(batch), time.perf_counter() - started)
             metrics.observe_emit_latencies(
                 (ts for o in outputs if o.stream != RATE_UPDATES

@@ -8,8 +8,8 @@ and state are exactly those of the in-process replay of that partition.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, MutableMapping
-from typing import Any, NamedTuple
+from collections.abc import Iterable, MutableMapping
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from kafka.partitioner.default import murmur2
@@ -42,19 +42,24 @@ def decode(blob: bytes | str | dict[str, Any]) -> dict[str, Any]:
     return blob if isinstance(blob, dict) else orjson.loads(blob)
 
 
+class ChainLearner(Protocol):
+    def learn(self, outputs: list[Output]) -> list[Output]: ...
+
+    def commit(self) -> None: ...
+
+
 class DeviceProcessor:
     """Stage 1 over batches: one ``DeviceEngine`` per input partition."""
 
     def __init__(self, settings: Settings, table: MutableMapping[str, bytes],
-                 stats: EngineStats | None = None,
-                 learn_chains: Callable[[list[Output]], list[Output]] | None = None) -> None:
-        """``learn_chains`` (the personal rewrite layer) gets each batch's outputs and returns
+                 stats: EngineStats | None = None, chains: ChainLearner | None = None) -> None:
+        """``chains`` (the personal rewrite layer) gets each batch's outputs and returns
         rewrite triggers; ``rephrase-chains`` records stay in the outputs for the global
         layer."""
         self.settings = settings
         self.table = table
         self.stats = stats if stats is not None else EngineStats()
-        self.learn_chains = learn_chains
+        self.chains = chains
         self.engines: dict[int, DeviceEngine] = {}
 
     def reset(self) -> None:
@@ -65,7 +70,7 @@ class DeviceProcessor:
         eng = self.engines.get(partition)
         if eng is None:
             eng = self.engines[partition] = DeviceEngine(
-                self.settings, self.stats, emit_chains=self.learn_chains is not None)
+                self.settings, self.stats, emit_chains=self.chains is not None)
             eng.devices.changes.enabled = True
             n = self.settings.partitions
             for device_id, blob in list(self.table.items()):
@@ -76,23 +81,29 @@ class DeviceProcessor:
         return eng
 
     def process(self, batch: Iterable[Message]) -> list[Output]:
+        """Outputs of a batch. State changes stay in memory until ``commit``."""
         outputs: list[Output] = []
-        touched: set[int] = set()
         for msg in batch:
             eng = self.engine(msg.partition)
-            touched.add(msg.partition)
             source = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
             outputs += eng.process(msg.value, source)
-        for partition in touched:
-            devices = self.engines[partition].devices
+        if self.chains is not None:
+            outputs += self.chains.learn(outputs)
+        return outputs
+
+    def commit(self) -> None:
+        """Write the state the last batches changed to the table: call it after their outputs
+        were acknowledged, so a crash in between makes the batch run again (at-least-once)
+        instead of finding its events already in the state (lost outputs)."""
+        for eng in self.engines.values():
+            devices = eng.devices
             dirty, removed = devices.take_dirty()
             for device_id in dirty:
                 self.table[device_id] = orjson.dumps(devices.export_device(device_id))
             for device_id in removed:
                 self.table.pop(device_id, None)
-        if self.learn_chains is not None:
-            outputs += self.learn_chains(outputs)
-        return outputs
+        if self.chains is not None:
+            self.chains.commit()
 
     def state_sizes(self) -> dict[str, int]:
         return {"devices": sum(len(e.devices.devices) for e in self.engines.values())}
@@ -141,6 +152,10 @@ class RateProcessor:
                 continue
             self.offsets[rkey] = msg.offset
             outputs += self.stage.apply(update)
+        return outputs
+
+    def commit(self) -> None:
+        """Write changed estimates to the table (after the outputs were acknowledged)."""
         dirty, removed = self.stage.take_dirty()
         for rkey in dirty:
             value = self.stage.export_key(rkey)
@@ -148,7 +163,6 @@ class RateProcessor:
         for rkey in removed:
             self.offsets.pop(rkey, None)
             self.table.pop(rkey, None)
-        return outputs
 
     def _load(self, rkey: str) -> None:
         blob = self.table.get(rkey)

@@ -40,9 +40,11 @@ class PersonalRewrites:
         self.table = table
         self.stats = stats
         self.miners: dict[str, RewriteMiner] = {}
+        self.changed: set[str] = set()
 
     def reset(self) -> None:
         self.miners.clear()
+        self.changed.clear()
 
     def miner(self, device_id: str) -> RewriteMiner:
         miner = self.miners.get(device_id)
@@ -54,17 +56,19 @@ class PersonalRewrites:
         return miner
 
     def learn(self, outputs: list[Output]) -> list[Output]:
-        """Rewrite triggers of the chains among ``outputs``; changed miners are written back."""
+        """Rewrite triggers of the chains among ``outputs`` (state written by ``commit``)."""
         triggers: list[Output] = []
-        changed: set[str] = set()
         for out in outputs:
             if out.stream == CHAINS:
                 device_id = out.record["device_id"]
                 triggers += self.miner(device_id).learn_one(out.record)
-                changed.add(device_id)
-        for device_id in changed:
-            self.table[device_id] = orjson.dumps(self.miners[device_id].to_dict(False))
+                self.changed.add(device_id)
         return triggers
+
+    def commit(self) -> None:
+        for device_id in self.changed:
+            self.table[device_id] = orjson.dumps(self.miners[device_id].to_dict(False))
+        self.changed.clear()
 
     def lookup(self, utterance: str, device_id: str) -> dict[str, Any] | None:
         if device_id not in self.miners and self.table.get(device_id) is None:
@@ -83,9 +87,12 @@ class GlobalRewriteProcessor:
         self.miner: RewriteMiner | None = None
         self.offset = -1
         self.skipped = 0
+        self.applied = 0
+        """Chains applied since the last snapshot."""
 
     def reset(self) -> None:
         self.miner = None
+        self.applied = 0
 
     def _load(self) -> RewriteMiner:
         if self.miner is None:
@@ -102,17 +109,21 @@ class GlobalRewriteProcessor:
     def process(self, batch: Iterable[Message]) -> list[Output]:
         miner = self._load()
         outputs: list[Output] = []
-        applied = 0
         for msg in batch:
             if msg.offset <= self.offset:
                 self.skipped += 1
                 continue
             self.offset = msg.offset
             outputs += miner.learn_one(orjson.loads(msg.value))
-            applied += 1
-        if applied:
-            self.table[GLOBAL_KEY] = orjson.dumps({"m": miner.to_dict(False), "o": self.offset})
+            self.applied += 1
         return outputs
+
+    def commit(self) -> None:
+        """One snapshot of the miner and the last chain offset (after outputs were acked)."""
+        if self.applied and self.miner is not None:
+            self.table[GLOBAL_KEY] = orjson.dumps({"m": self.miner.to_dict(False),
+                                                   "o": self.offset})
+            self.applied = 0
 
     def lookup(self, utterance: str) -> dict[str, Any] | None:
         return self._load().get(utterance)
