@@ -19,6 +19,7 @@ between; this class chains them directly so a recorded stream can be replayed wi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,10 +33,24 @@ from stream.stats import EngineStats
 
 
 def dead_letter(reason: str, error: str, raw: bytes | str, event_type: str = "unknown",
-                device_id: str | None = None,
-                source: dict[str, Any] | None = None) -> Output:
-    record = {"error": error, "reason": reason, **raw_field(raw), "event_type": event_type,
-              "device_id": device_id, "source": source}
+                device_id: str | None = None, source: dict[str, Any] | None = None,
+                max_raw_bytes: int = 65_536) -> Output:
+    """A ``dead-letter`` record. Raw inputs over ``max_raw_bytes`` are cut to that size (with
+    ``raw_truncated``, the full ``raw_size`` and ``raw_sha256``): a record larger than Kafka's
+    message limit could never be published and would stop the worker on every restart.
+
+    >>> rec = dead_letter("too_large", "big", b"x" * 10, max_raw_bytes=4).record
+    >>> rec["raw"], rec["raw_truncated"], rec["raw_size"]
+    ('xxxx', True, 10)
+    """
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    extra: dict[str, Any] = {}
+    if len(data) > max_raw_bytes:
+        extra = {"raw_truncated": True, "raw_size": len(data),
+                 "raw_sha256": hashlib.sha256(data).hexdigest()}
+        raw = data[:max_raw_bytes]
+    record = {"error": error, "reason": reason, **raw_field(raw), **extra,
+              "event_type": event_type, "device_id": device_id, "source": source}
     key = "" if source is None else ":".join(str(v) for v in source.values())
     return Output(DEAD_LETTER, key, record)
 
@@ -82,7 +97,8 @@ class DeviceEngine:
                 device_id: str | None, source: dict[str, Any] | None) -> Output:
         self.stats.events[(etype, "dead_letter")] += 1
         self.stats.dead_letters[reason] += 1
-        return dead_letter(reason, error, raw, etype, device_id, source)
+        return dead_letter(reason, error, raw, etype, device_id, source,
+                           self.settings.dead_letter_max_raw_bytes)
 
     def flush(self) -> list[Output]:
         return self.devices.flush()

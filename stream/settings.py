@@ -66,6 +66,8 @@ class Settings:
     max_message_bytes: int = 1_048_576
     max_field_chars: int = 4_096
     max_json_depth: int = 16
+    dead_letter_max_raw_bytes: int = 65_536
+    """Raw input kept in a dead-letter record; longer inputs are cut (with size + SHA-256)."""
     min_ts: int = 946_684_800_000  # 2000-01-01
     max_ts: int = 4_102_444_800_000  # 2100-01-01
     # --- Kafka (used only by topologies/) ---

@@ -9,6 +9,7 @@ dead-letter record with a reason code, the error and the raw input - and nothing
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import re
@@ -73,12 +74,18 @@ def check_dead_letter(record: dict[str, Any], raw: bytes | str) -> None:
             assert record["raw_encoding"] == "base64"
     else:
         want = raw
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            assert record["raw_encoding"] == "base64", "non-UTF-8 input must be base64"
-        else:
-            assert record["raw_encoding"] == "text", "UTF-8 input must be kept as text"
+    if record.get("raw_truncated"):
+        # Longer than the dead-letter limit: a prefix, with the full size and hash.
+        cap = Settings().dead_letter_max_raw_bytes
+        assert len(want) > cap and record["raw_size"] == len(want)
+        assert record["raw_sha256"] == hashlib.sha256(want).hexdigest()
+        want = want[:cap]
+    try:
+        want.decode("utf-8")
+    except UnicodeDecodeError:
+        assert record["raw_encoding"] == "base64", "non-UTF-8 input must be base64"
+    else:
+        assert record["raw_encoding"] == "text", "UTF-8 input must be kept as text"
     assert raw_back(record) == want
 
 
