@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -60,9 +61,9 @@ class OutputPublisher:
         pending = [(self.topic_for(o.stream), o.key.encode(), orjson.dumps(o.record))
                    for o in outputs]
         for attempt in range(self.retries + 1):
-            futures = [await producer.send(topic, value=value, key=key)
-                       for topic, key, value in pending]
-            results = await asyncio.gather(*futures, return_exceptions=True)
+            results = await asyncio.gather(*[self._send(producer, topic, key, value)
+                                             for topic, key, value in pending],
+                                           return_exceptions=True)
             failed = [item for item, res in zip(pending, results, strict=True)
                       if isinstance(res, BaseException)]
             if not failed:
@@ -77,6 +78,13 @@ class OutputPublisher:
             self.on_retry()
             pending = failed
             await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+
+    @staticmethod
+    async def _send(producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes) -> Any:
+        # send() itself can raise (record too large, unknown topic after the metadata wait):
+        # such errors must be counted and retried like a failed acknowledgement.
+        ack = await producer.send(topic, value=value, key=key)
+        return await ack
 
     async def stop(self) -> None:
         if self._producer is not None:
