@@ -25,6 +25,12 @@ from topologies.kafka_io import security_kwargs
 log = logging.getLogger(__name__)
 
 
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future
+
+
 class OutputPublisher:
     def __init__(self, settings: Settings, topic_for: Callable[[str], str],
                  retries: int = 5, on_error: Callable[[str], None] | None = None,
@@ -61,9 +67,15 @@ class OutputPublisher:
         pending = [(self.topic_for(o.stream), o.key.encode(), orjson.dumps(o.record))
                    for o in outputs]
         for attempt in range(self.retries + 1):
-            results = await asyncio.gather(*[self._send(producer, topic, key, value)
-                                             for topic, key, value in pending],
-                                           return_exceptions=True)
+            # Sends are queued one after another (the order of records with one key must be
+            # kept); only the acknowledgements are awaited together.
+            acks: list[Any] = []
+            for topic, key, value in pending:
+                try:
+                    acks.append(await producer.send(topic, value=value, key=key))
+                except KafkaError as exc:  # raised by send() itself: too large, no topic...
+                    acks.append(_failed(exc))
+            results = await asyncio.gather(*acks, return_exceptions=True)
             failed = [item for item, res in zip(pending, results, strict=True)
                       if isinstance(res, BaseException)]
             if not failed:
@@ -78,13 +90,6 @@ class OutputPublisher:
             self.on_retry()
             pending = failed
             await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
-
-    @staticmethod
-    async def _send(producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes) -> Any:
-        # send() itself can raise (record too large, unknown topic after the metadata wait):
-        # such errors must be counted and retried like a failed acknowledgement.
-        ack = await producer.send(topic, value=value, key=key)
-        return await ack
 
     async def stop(self) -> None:
         if self._producer is not None:
