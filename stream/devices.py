@@ -10,6 +10,7 @@ produce their ``defects`` record and one ``rate-updates`` record per estimate ke
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from typing import Any
 
 from stream.changes import ChangeSet
@@ -50,7 +51,9 @@ class DeviceStage:
             low_asr_confidence=self.s.low_asr_confidence,
             low_nlu_confidence=self.s.low_nlu_confidence,
         )
-        self.devices: dict[str, DeviceState] = {}
+        # OrderedDict, not dict: taking the oldest entry of a plain dict that keeps losing
+        # its front entries scans over their tombstones (quadratic at 100k+ devices).
+        self.devices: OrderedDict[str, DeviceState] = OrderedDict()
         """Device states in least-recently-active-first order (for idle expiry)."""
         self.watermark = 0
         """Stream watermark: turns with ts + window < watermark are final."""
@@ -133,10 +136,11 @@ class DeviceStage:
 
     # -- internals -------------------------------------------------------------------------------
     def _admit(self, device_id: str, event_id: str, ts: int) -> tuple[DeviceState, str]:
-        st = self.devices.pop(device_id, None)
+        st = self.devices.get(device_id)
         if st is None:
-            st = DeviceState(device_id)
-        self.devices[device_id] = st  # re-insert: most recently active last
+            st = self.devices[device_id] = DeviceState(device_id)
+        else:
+            self.devices.move_to_end(device_id)  # most recently active last
         if st.seen(event_id, self.s.dedupe_capacity):
             return st, "duplicate"
         if st.watermark and ts < st.watermark - self.s.allowed_lateness_ms:
@@ -166,7 +170,8 @@ class DeviceStage:
     def _expire_idle(self, watermark: int) -> None:
         horizon = watermark - self.s.device_idle_ms
         while self.devices:
-            device_id, st = next(iter(self.devices.items()))
+            device_id = next(iter(self.devices))
+            st = self.devices[device_id]
             if st.last_ts >= horizon or st.pending:
                 break
             del self.devices[device_id]

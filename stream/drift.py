@@ -33,6 +33,7 @@ play that completed the confirmation).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,9 +69,10 @@ class DefectRateDrift:
         self.confirm_plays = confirm_plays
         self.min_change = min_change
         self.stats = stats_
-        self.warming: dict[tuple[str, str], int] = {}
+        # OrderedDicts: O(1) oldest-entry eviction (a plain dict scans tombstones).
+        self.warming: OrderedDict[tuple[str, str], int] = OrderedDict()
         """Plays of keys without a detector yet, least recently updated first."""
-        self.tracked: dict[tuple[str, str], _Tracked] = {}
+        self.tracked: OrderedDict[tuple[str, str], _Tracked] = OrderedDict()
         """Keys with a detector, least recently updated first."""
         self.evictions = 0
 
@@ -87,11 +89,11 @@ class DefectRateDrift:
             if plays < self.min_plays:
                 self.warming[k] = plays
                 if len(self.warming) > self.max_candidates:
-                    del self.warming[next(iter(self.warming))]
+                    self.warming.popitem(last=False)
                 return []
             tr = _Tracked(self.delta)
             if len(self.tracked) >= self.max_keys:
-                del self.tracked[next(iter(self.tracked))]
+                self.tracked.popitem(last=False)
                 self.evictions += 1
                 if self.stats is not None:
                     self.stats.evictions["drift_detector"] += 1

@@ -15,6 +15,7 @@ turn, ``get()`` is the posterior mean of a Beta(1 + defects, 1 + plays - defects
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -88,7 +89,9 @@ class RateStage:
     def __init__(self, settings: Settings | None = None, stats_: EngineStats | None = None):
         self.settings = settings or Settings()
         self.stats = stats_ if stats_ is not None else EngineStats()
-        self.trackers: dict[str, dict[str, DefectRateTracker]] = {k: {} for k in KEY_TYPES}
+        # OrderedDict: O(1) least-recently-updated eviction (see DeviceStage.devices).
+        self.trackers: dict[str, OrderedDict[str, DefectRateTracker]] = {
+            k: OrderedDict() for k in KEY_TYPES}
         self.changes = ChangeSet()
         """Keys (``key_type:key``) changed or evicted, for changelog writes (enable to track)."""
         s = self.settings
@@ -102,15 +105,15 @@ class RateStage:
     def _count(self, update: dict[str, Any]) -> Output:
         key_type, key = update["key_type"], update["key"]
         table = self.trackers[key_type]
-        tracker = table.pop(key, None)
+        tracker = table.get(key)
         if tracker is None:
-            tracker = DefectRateTracker()
             if len(table) >= self.settings.max_tracked_keys:
-                evicted = next(iter(table))
-                del table[evicted]
+                evicted, _ = table.popitem(last=False)
                 self.changes.drop(rate_key(key_type, evicted))
                 self.stats.evictions["estimator"] += 1
-        table[key] = tracker
+            tracker = table[key] = DefectRateTracker()
+        else:
+            table.move_to_end(key)
         tracker.update(update["defective"], update["ts"])
         self.changes.touch(rate_key(key_type, key))
         return Output(DEFECT_RATES, rate_key(key_type, key), self.record(key_type, key, tracker))

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -122,7 +123,8 @@ class RewriteMiner:
         self.layer = layer
         self.device_id = device_id
         self.stats = stats_
-        self.states: dict[str, _State] = {}  # least recently seen first
+        # least recently seen first; OrderedDict for O(1) oldest-first eviction
+        self.states: OrderedDict[str, _State] = OrderedDict()
         self.published: dict[str, dict[str, Any]] = {}
         self.evictions = 0
 
@@ -352,7 +354,7 @@ class PersonalRewriteMiner:
         self.config = config or RewriteConfig(max_states=1_000)
         self.max_devices = max_devices
         self.stats = stats_
-        self.miners: dict[str, RewriteMiner] = {}  # least recently active first
+        self.miners: OrderedDict[str, RewriteMiner] = OrderedDict()  # least recently active first
         self.evictions = 0
 
     def learn_one(self, chain: Mapping[str, Any]) -> list[Output]:
