@@ -122,6 +122,8 @@ class DefectRateDrift:
         if abs(new_rate - old_rate) < self.min_change:
             return []
         key_type, key = k
+        if self.stats is not None:
+            self.stats.signals["drift_alert"] += 1
         return [Output(DEFECT_RATE_ALERTS, f"{key_type}:{key}:{ts}", {
             "key_type": key_type, "key": key,
             "old_rate": round(old_rate, 6), "new_rate": round(new_rate, 6),

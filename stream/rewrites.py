@@ -278,7 +278,7 @@ class RewriteMiner:
                 rec = self._record(u, r, p_r, p_u, support[r], ts)
                 if current is None or current["rewrite"] != r:
                     self.published[u] = rec
-                    out.append(Output(REWRITE_TRIGGERS, self._key(u), dict(rec)))
+                    self._emit(out, u, dict(rec))
                 else:  # same rewrite: fresher numbers for lookups, nothing to announce
                     current.update(p_success=rec["p_success"], support=rec["support"],
                                    p_success_original=rec["p_success_original"])
@@ -289,6 +289,11 @@ class RewriteMiner:
     def _withdraw(self, u: str, ts: int, out: list[Output], p_u: float | None = None) -> None:
         del self.published[u]
         rec = self._record(u, None, None, p_u, 0, ts)
+        self._emit(out, u, rec)
+
+    def _emit(self, out: list[Output], u: str, rec: dict[str, Any]) -> None:
+        if self.stats is not None:
+            self.stats.signals["rewrite_trigger"] += 1
         out.append(Output(REWRITE_TRIGGERS, self._key(u), rec))
 
     def _record(self, u: str, r: str | None, p_r: float | None, p_u: float | None, sup: int,

@@ -216,3 +216,20 @@ def test_idle_devices_expire():
     eng.process(turn("b", 200_000, "hi", device="new"))
     assert list(eng.stage1.devices.devices) == ["new"]
     assert eng.stats.evictions["device"] == 1
+
+
+def test_every_signal_record_is_counted_by_kind():
+    from pathlib import Path
+
+    eng = FeedbackEngine()
+    sample = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
+    outputs = [o for line in sample.read_bytes().splitlines() for o in eng.process(line)]
+    outputs += eng.flush()
+    streams = by_stream(outputs)
+    kinds = {"barge-ins": "barge_in", "rephrases": "rephrase", "defects": "defect",
+             "teachable-moments": "teachable_moment", "rewrite-triggers": "rewrite_trigger",
+             "defect-rate-alerts": "drift_alert"}
+    for stream, kind in kinds.items():
+        assert eng.stats.signals[kind] == len(streams.get(stream, [])), kind
+    assert streams["rewrite-triggers"]
+    assert sum(eng.stats.failure_points.values()) == len(streams["defects"])
