@@ -24,6 +24,7 @@ import pytest
 from stream.engine import FeedbackEngine
 from stream.records import DEAD_LETTER, DEFECT_RATES, OUTPUT_STREAMS
 from stream.settings import Settings
+from tests.prom import metric_total
 from tests.test_kafka_pipeline import canonical
 from topologies.broker import EmbeddedBroker, free_port
 from topologies.kafka_io import produce_file, read_topic
@@ -61,15 +62,6 @@ def metrics(settings: Settings) -> str:
     url = f"http://127.0.0.1:{settings.web_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.read().decode()
-
-
-def metric_total(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for match in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
-        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 def consumed(settings: Settings) -> float | None:

@@ -33,6 +33,7 @@ from stream.records import DEAD_LETTER, OUTPUT_STREAMS, Output
 from stream.schema import REASONS, _text_depth
 from stream.settings import Settings
 from stream.synth import BASE_TS, generate
+from tests.prom import metric_total
 from tests.test_kafka_pipeline import canonical
 from topologies.kafka_io import produce_file, read_topic
 from topologies.runner import WorkerProcess, collect_outputs, demo_settings, prepare_topics
@@ -471,15 +472,6 @@ def test_mixed_stream_in_process(mixed):
     assert records["defects"] and records["rephrases"] and records["barge-ins"]
 
 
-def _metric_total(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for match in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
-        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
-
-
 def test_mixed_stream_through_a_faust_worker(broker, mixed):
     lines, want = mixed["lines"], mixed["want"]
     uid = f"fuzz-{uuid.uuid4().hex[:6]}"
@@ -518,13 +510,13 @@ def test_mixed_stream_through_a_faust_worker(broker, mixed):
     assert by_raw == Counter((raw, r) for raw, r in zip(lines, want, strict=True)
                              if r is not None)
     # The worker accounted for every message it consumed: ok + duplicate + dead letter.
-    consumed = sum(_metric_total(metrics, "feedback_stream_events_total", outcome=o)
+    consumed = sum(metric_total(metrics, "feedback_stream_events_total", outcome=o)
                    for o in ("ok", "duplicate", "dead_letter"))
     assert consumed == messages  # lines + (partitions - 1) copies of the watermark
-    assert _metric_total(metrics, "feedback_stream_events_total", outcome="dead_letter") == \
+    assert metric_total(metrics, "feedback_stream_events_total", outcome="dead_letter") == \
         len(dead)
     for reason, n in Counter(d["reason"] for d in dead).items():
-        assert _metric_total(metrics, "feedback_stream_dead_letters_total", reason=reason) == n
+        assert metric_total(metrics, "feedback_stream_dead_letters_total", reason=reason) == n
 
 
 # ------------------------------------------------------------------------------------------------
