@@ -63,7 +63,8 @@ def throughput(opts: Options, n_workers: int, n_events: int, app_id: str) -> dic
         barge = s.topic("barge-ins")
         logs = read_until_idle(
             pipe.bootstrap, pipe.output_topics(), idle_s=opts.pick(5.0, 3.0),
-            done=lambda lg: lg[barge].count >= expected, give_up_idle_s=60.0,
+            # A worker that stalls (no output for 30 s) ends the run as incomplete.
+            done=lambda lg: lg[barge].count >= expected, give_up_idle_s=30.0,
             progress=Progress(f"kafka {n_workers} worker(s): output records", None,
                               opts.progress, unit="rec"),
             alive=pipe.check_alive)
@@ -84,7 +85,8 @@ def throughput(opts: Options, n_workers: int, n_events: int, app_id: str) -> dic
         "startup_s": first - t0, "run_s": last - t0, "ev_per_s": rate,
         "steady_ev_per_s": steady, "ratio": rate / bare_rate, "steady_ratio": steady / bare_rate,
         "outputs": {t: lg.count for t, lg in logs.items()},
-        "barge_ins_expected": expected, "complete": logs[barge].count >= expected,
+        "barge_ins_expected": expected, "barge_ins_read": logs[barge].count,
+        "complete": logs[barge].count >= expected,
         "worker_cpu_s": worker_cpu, "broker_cpu_s": broker_cpu,
         "worker_cpu_share": worker_cpu / (last - t0) / n_workers,
         "worker_profile": profiling.group_worker(raw) if raw else {"skipped": "no py-spy"},
@@ -193,7 +195,8 @@ def run(opts: Options) -> tuple[dict[str, Any], dict[str, Any], list[Row]]:
                               for k, v in thr["worker_profile"]["inclusive"].items())
         rows.append(Row("kafka: worker time by part (inclusive)", "", "", "", "", inclusive))
     if not thr["complete"]:
-        rows[0].note += f"; INCOMPLETE: barge-ins {thr['outputs']}"
+        rows[0].note += (f"; INCOMPLETE: {thr['barge_ins_read']} of "
+                         f"{thr['barge_ins_expected']} barge-ins, then 30 s without output")
     # Plus a rate the worker can sustain, so latency without a growing backlog is known too.
     below = max(100, int(thr["steady_ev_per_s"] * 0.5) // 100 * 100)
     if not opts.quick and opts.latency_rates is None:

@@ -71,6 +71,11 @@ def run(opts: Options) -> tuple[dict[str, Any], dict[str, Any], list[Row]]:
                 f"{n_kafka:,} events, start-up included (1: {one['startup_s']:.1f} s, 2: "
                 f"{two['startup_s']:.1f} s); without start-up "
                 f"{two['steady_ev_per_s'] / one['steady_ev_per_s']:.2f}x")]
+    for w in workers:
+        if not w["complete"]:
+            rows[0].note += (f"; INCOMPLETE with {w['workers']} worker(s): "
+                             f"{w['barge_ins_read']} of {w['barge_ins_expected']} barge-ins, "
+                             f"then 30 s without output (ratio meaningless)")
 
     by_devices, by_utterances = [], []
     for d in devices:
