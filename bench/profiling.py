@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,19 +211,22 @@ def _is_engine_call(frame: str) -> bool:
         Path(path).parts[-2:] == ("stream", "engine.py"))
 
 
+def collapsed_stacks(raw_text: str) -> Iterator[tuple[list[str], int]]:
+    """(frames root first, sample count) of each line of py-spy's collapsed (``--raw``) output."""
+    for line in raw_text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack.split(";"), int(count_text)
+
+
 def group_pyspy(raw_text: str, top: int = 25) -> dict[str, Any]:
     by_stage: Counter[str] = Counter()
     by_leaf: Counter[str] = Counter()
     total = 0
-    for line in raw_text.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        frames = stack.split(";")
+    for frames, count in collapsed_stacks(raw_text):
         # Only the engine's work: reading the input and imports are left out.
         if not any(_is_engine_call(f) for f in frames):
             continue
-        count = int(count_text)
         total += count
         stage = OTHER
         for frame in reversed(frames):
@@ -347,11 +351,7 @@ def group_worker(raw_text: str, top: int = 12) -> dict[str, Any]:
     by_cat: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in raw_text.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count, frames = int(count_text), stack.split(";")
+    for frames, count in collapsed_stacks(raw_text):
         total += count
         by_cat[worker_category(frames)] += count
         funcs = {_parse_frame(f)[0] for f in frames}
