@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -111,3 +112,39 @@ def test_replay_serves_metrics_while_running(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_worker_command_serves_and_stops_cleanly_on_sigterm():
+    """`feedback-stream worker` with no bootstrap servers starts the embedded broker and a
+    worker; SIGTERM (docker stop) stops both and exits 0."""
+    import signal
+    import time
+    import urllib.request
+
+    from topologies.broker import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "topologies.cli", "worker", "--web-port",
+                             str(port), "-l", "warn"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        deadline, up = time.monotonic() + 60, False
+        while not up and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    up = r.status == 200
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+        assert up, "worker never served /metrics"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        err = proc.stderr.read().decode()
+        child = re.search(r"worker started \(pid (\d+)", err)
+        assert child, err
+        time.sleep(1)
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(child.group(1)), 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

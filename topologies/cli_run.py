@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
 import time
@@ -26,7 +25,6 @@ from topologies.runner import (
     demo_settings,
     expected_counts,
     prepare_topics,
-    settings_env,
 )
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
@@ -80,6 +78,10 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     base = Settings.from_env(web_port=args.web_port, partitions=args.partitions)
     try:
@@ -87,11 +89,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
             settings = dataclasses.replace(base, bootstrap_servers=bootstrap)
             prepare_topics(settings)
             worker = WorkerProcess(settings, loglevel=args.loglevel)
-            # Run in the foreground: the worker logs to our terminal, we forward signals.
-            os.environ.update(settings_env(settings))
             proc = worker.start().proc
             print(f"worker started (pid {proc.pid}, log {worker.log_path}); Ctrl-C stops it",
                   file=sys.stderr)
+            # SIGTERM (docker stop, systemd) stops as cleanly as Ctrl-C: worker, then broker.
+            signal.signal(signal.SIGTERM, _interrupt)
             try:
                 while worker.alive():
                     time.sleep(0.5)
