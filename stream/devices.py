@@ -58,6 +58,11 @@ class DeviceStage:
         self.watermark = 0
         """Stream watermark: turns with ts + window < watermark are final."""
         self._deadlines: list[tuple[int, str, str]] = []
+        self.position: tuple[int, int] | None = None
+        """(input partition, offset) of the message being processed, when it came from Kafka:
+        stamped as ``src`` on ``rate-updates`` and ``rephrase-chains`` so that the stages
+        behind can recognise the same update re-emitted after a crash (see
+        ``topologies.processors.first_application``)."""
         self.changes = ChangeSet()
         """Devices whose state changed or went (for changelog writes; enable to track)."""
 
@@ -212,19 +217,20 @@ class DeviceStage:
                 "domain": turn.domain,
                 "ts": turn.ts,
             }))
+        src = {} if self.position is None else {"src": self.position}
         if self.emit_chains and turn.rephrased_by is None:
             # The tip of a chain (a lone turn is a chain of one): the chain's outcome is known.
             out.append(Output(CHAINS, st.device_id, {
                 "device_id": st.device_id, "event_ids": turn.chain,
                 "utterances": turn.chain_norms,
-                "outcome": "failure" if defective else "success", "ts": turn.ts,
+                "outcome": "failure" if defective else "success", "ts": turn.ts, **src,
             }))
         for key_type, key in (("utterance", turn.norm), ("intent", turn.intent),
                               ("domain", turn.domain), ("device_type", turn.device_type)):
             if key:
                 out.append(Output(RATE_UPDATES, rate_key(key_type, key), {
                     "key_type": key_type, "key": key, "defective": defective,
-                    "ts": turn.ts, "event_id": turn.event_id,
+                    "ts": turn.ts, "event_id": turn.event_id, **src,
                 }))
 
     def _barge_in(self, st: DeviceState, turn: TurnState, source: str,
@@ -294,6 +300,11 @@ class DeviceStage:
     def export_device(self, device_id: str) -> dict[str, Any] | None:
         st = self.devices.get(device_id)
         return None if st is None else st.to_dict()
+
+    def import_watermark(self, watermark: int) -> None:
+        """Restore the stream watermark saved with the device states: without it a restarted
+        stage finalises turns at other input offsets than the first run did."""
+        self.watermark = max(self.watermark, watermark)
 
     def import_device(self, data: dict[str, Any]) -> None:
         st = DeviceState.from_dict(data)

@@ -69,6 +69,9 @@ class DeviceEngine:
     def process(self, raw: bytes | str, source: dict[str, Any] | None = None) -> list[Output]:
         """All outputs caused by one raw message. Never raises on bad input."""
         event = self.parser.parse(raw)
+        self.devices.position = (
+            (source["partition"], source["offset"])
+            if source is not None and "partition" in source else None)
         if isinstance(event, Invalid):
             return [self._reject(event.reason, event.error, raw, event.event_type,
                                  event.device_id, source)]
@@ -84,7 +87,10 @@ class DeviceEngine:
             return result
         if result == "duplicate":
             self.stats.events[(etype, "duplicate")] += 1
-            return []
+            # A re-delivery still moves the stream watermark as the first delivery did: after
+            # a crash, the restored state may hold this event while other devices' states
+            # do not, and their turns must become final at the same input offset as before.
+            return self.devices.on_watermark(event.ts - self.settings.allowed_lateness_ms)
         error = {
             "late": f"event ts {event.ts} is older than its device's watermark minus the "
                     f"allowed lateness ({self.settings.allowed_lateness_ms} ms)",

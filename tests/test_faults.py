@@ -89,14 +89,7 @@ def check_final_rates(got: list[dict], expected: list[dict]) -> None:
         f"final (plays, defects) per key differ from the replay: {len(lost)} keys with fewer "
         f"plays (lost), {len(double)} with more (double-counted), {len(other)} other; e.g. "
         f"got/expected {dict(list({**lost, **double, **other}.items())[:4])}")
-    assert not (lost or other), summary
-    if double:
-        # KNOWN BUG (issue 7 stays open): a stage-1 batch re-processed after the kill
-        # re-emits its rate-updates at new offsets of the rate-updates topic, so stage 2's
-        # skip-at-or-below-offset idempotence cannot recognise them. Fix: tag each update
-        # with its source partition + deterministic sequence and skip per source. Every other
-        # check of this test still binds; this one is reported, not hidden.
-        pytest.xfail(f"known double count after SIGKILL: {summary}")
+    assert not (lost or double or other), summary
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,17 +105,14 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
 
     The sample arrives at 200 events/s; the kill comes once 1,000 defect-rate records are out.
 
-    Measured: fails in about 1 run of 7 (3 of 23), with both kinds of error at once, e.g.
-    "42 keys with fewer plays (lost), 75 with more (double-counted)", or a second worker that
-    never delivers part of the stream (barge-ins: 208 of 304 after 120 s). Probable cause
-    (read from the code, consistent with both symptoms): the three writes of a batch are not
-    ordered - outputs are acknowledged by the output producer,
-    table changes go to Faust's producer buffer (``send_soon``, flushed in the background;
-    "producer buffer full size 100-300" warnings: it lags by hundreds of records with
-    one-record batches), and input offsets are committed by Faust's timer. A kill leaves the
-    restored state older or newer than the committed offsets and the published outputs.
-    Deterministic form of one half: test_batch_whose_outputs_were_not_published_... below.
-    (Attempts with a burst of input and a kill at the first output never hit the window.)"""
+    History: this failed in about 1 run of 7 with keys double-counted (e.g. 68 keys too
+    high): the kill lands between a batch's published outputs and its state writes (which
+    Faust sends in the background), the new worker processes the batch again and re-emits its
+    rate-updates at new offsets. Fixed by stamping rate-updates and chains with their source
+    position (input partition, offset) and applying each position once per key, with the
+    stream watermark restored so that re-processing finalises turns at the same offsets.
+    Deterministic form, with every possible prefix of the state writes landed:
+    tests/test_processors.py::test_stage1_killed_during_state_writes_counts_every_turn_once."""
     lines = SAMPLE.read_bytes().splitlines()
     settings = pipeline_settings(broker.bootstrap, "sigkill")
     expected_records = replay(lines)
@@ -176,7 +166,7 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
     print(f"\nrecords repeated after the SIGKILL (at-least-once): {repeats}")
     assert all(n >= 0 for n in repeats.values())
     assert mid_stream, "the stream was complete before the kill: not mid-stream"
-    # Final counts per key exact: no event lost, none counted twice (see the xfail inside).
+    # Final counts per key exact: no event lost, none counted twice.
     check_final_rates(outputs[DEFECT_RATES], expected_records[DEFECT_RATES])
     assert got[DEFECT_RATES] == expected[DEFECT_RATES]
 

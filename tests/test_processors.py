@@ -10,9 +10,16 @@ import orjson
 import pytest
 
 from stream.engine import FeedbackEngine
+from stream.rates import DefectRateTracker, RateStage
 from stream.records import CHAINS, DEFECT_RATES, RATE_UPDATES
 from stream.settings import Settings
-from topologies.processors import DeviceProcessor, Message, RateProcessor, partition_of
+from topologies.processors import (
+    DeviceProcessor,
+    Message,
+    RateProcessor,
+    decode,
+    partition_of,
+)
 from topologies.rewriting import GlobalRewriteProcessor, PersonalRewrites
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
@@ -132,3 +139,100 @@ def test_rate_updates_redelivered_are_not_double_counted():
                                                     Message(None, update, 0, 1)])
     assert first[0].record["plays"] == 1
     assert [o.record["plays"] for o in again] == [2]
+
+
+class CrashingTable(dict):
+    """A view of ``table`` where writes land only while ``budget`` (shared between the tables
+    of one worker: one producer sends them in order) lasts: a worker killed while its state
+    writes were on their way to the changelogs."""
+
+    def __init__(self, table: dict, budget: list[int]) -> None:
+        super().__init__()
+        self.table, self.budget = table, budget
+
+    def __setitem__(self, key, value) -> None:
+        if self.budget[0] > 0:
+            self.budget[0] -= 1
+            self.table[key] = value
+
+    def pop(self, key, default=None):
+        if self.budget[0] > 0:
+            self.budget[0] -= 1
+            return self.table.pop(key, default)
+        return default
+
+
+def run_stage1(batches, settings, tables, landing: int | None = None) -> int:
+    """Stage 1 (devices + personal layer) over ``batches``, publishing rate-updates and chains
+    into topic lists; with ``landing``, the last batch's outputs are published and then the
+    worker dies during its state writes: only the first ``landing`` of them land. Returns
+    how much of ``landing`` was left (0: some writes were lost)."""
+    budget = [0]
+    personal = PersonalRewrites(settings, tables["personal"])
+    devices = DeviceProcessor(settings, tables["devices"], chains=personal)
+    for n, batch in enumerate(batches, 1):
+        for out in devices.process(batch):
+            if out.stream in (RATE_UPDATES, CHAINS):
+                tables[out.stream].append(out)
+        if landing is not None and n == len(batches):
+            budget[0] = landing
+            devices.table = CrashingTable(tables["devices"], budget)
+            personal.table = CrashingTable(tables["personal"], budget)
+        devices.commit()
+    return budget[0]
+
+
+def run_behind_stage1(settings, tables):
+    """Stage 2 and the global layer over everything stage 1 published."""
+    rates, rewrites = RateProcessor(settings, {}), GlobalRewriteProcessor(settings, {})
+    topic_offsets = Counter()
+    for out in tables[RATE_UPDATES]:
+        p = partition_of(out.key, PARTITIONS)
+        rates.process([Message(None, orjson.dumps(out.record), p, topic_offsets[p])])
+        topic_offsets[p] += 1
+    rates.commit()
+    rewrites.process([Message(None, orjson.dumps(out.record), 0, n)
+                      for n, out in enumerate(tables[CHAINS])])
+    return rates, rewrites
+
+
+@pytest.mark.parametrize("landing", [0, 3, 30, 45, 60, 90, 120, 10**9])
+@pytest.mark.parametrize("rewind", [0, 2])
+def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing, rewind):
+    """SIGKILL between publishing a batch's outputs and writing its state, with any part of
+    the state writes landed, and input offsets committed ``rewind`` batches before it: the
+    restarted stage 1 re-emits the batch's rate-updates and chains, and the stages behind
+    apply each turn's update and each chain exactly once (the ``src`` positions), ending
+    with exactly the estimates and rewrite-miner states of a run without the crash."""
+    settings = Settings(partitions=PARTITIONS)
+    msgs = to_messages(lines)
+    batches = [msgs[i:i + 100] for i in range(0, len(msgs), 100)]
+    crash_at = len(batches) // 2
+
+    def fresh_tables():
+        return {"devices": {}, "personal": {}, RATE_UPDATES: [], CHAINS: []}
+
+    clean = fresh_tables()
+    run_stage1(batches, settings, clean)
+    clean_rates, clean_rewrites = run_behind_stage1(settings, clean)
+
+    crashed = fresh_tables()
+    lost_writes = not run_stage1(batches[:crash_at], settings, crashed, landing=landing)
+    resumed = len(crashed[RATE_UPDATES])
+    run_stage1(batches[crash_at - 1 - rewind:], settings, crashed)
+    assert len(crashed[RATE_UPDATES]) > resumed  # there was something to re-emit
+    rates, rewrites = run_behind_stage1(settings, crashed)
+
+    positions = Counter((o.key, tuple(o.record["src"]), o.record["event_id"])
+                        for o in crashed[RATE_UPDATES])
+    re_emitted = sum(n - 1 for n in positions.values())
+    assert rates.skipped == re_emitted
+    assert re_emitted > 0 if landing == 0 else (re_emitted == 0 or lost_writes)
+    final = {k: RateStage.record(*k.split(":", 1), DefectRateTracker(*decode(v)["t"]))
+             for k, v in rates.table.items()}
+    want = replay_records(lines)[1]
+    assert final == want == {k: RateStage.record(*k.split(":", 1), DefectRateTracker(
+        *decode(v)["t"])) for k, v in clean_rates.table.items()}
+    assert rewrites.miner.to_dict() == clean_rewrites.miner.to_dict()
+    personal = {k: decode(v)["m"] for k, v in crashed["personal"].items()}
+    assert personal == {k: decode(v)["m"] for k, v in clean["personal"].items()}

@@ -42,6 +42,58 @@ def decode(blob: bytes | str | dict[str, Any]) -> dict[str, Any]:
     return blob if isinstance(blob, dict) else orjson.loads(blob)
 
 
+def first_application(applied: dict[str, list[Any]], record: dict[str, Any],
+                      fallback_offset: int | None) -> bool:
+    """True (and remembered in ``applied``) unless ``record`` was applied before.
+
+    Stage 1 stamps what it emits with ``src`` = [input partition, input offset] of the message
+    it was processing; it emits in input order, and after a crash re-processing from the
+    restored state emits the same records with the same ``src`` (the stream watermark is
+    restored too). So per source partition it is enough to keep the last offset applied and
+    the event ids applied at that offset. Records without ``src`` fall back to their own
+    offset (``fallback_offset``) in the topic they were read from, or are always applied
+    (``None``).
+
+    >>> applied = {}
+    >>> [first_application(applied, r, 0) for r in (
+    ...     {"src": [0, 5], "event_id": "a"}, {"src": [0, 5], "event_id": "b"},
+    ...     {"src": [0, 5], "event_id": "a"}, {"src": [0, 4], "event_id": "z"},
+    ...     {"src": [1, 2], "event_id": "a"}, {"src": [0, 6], "event_id": "a"})]
+    [True, True, False, False, True, True]
+    """
+    src = record.get("src")
+    if src:
+        part, offset = str(src[0]), src[1]
+        item = record.get("event_id") or record["event_ids"][-1]
+    elif fallback_offset is None:
+        return True
+    else:
+        part, offset, item = "topic", fallback_offset, ""
+    last = applied.get(part)
+    if last is not None:
+        if offset < last[0] or (offset == last[0] and item in last[1]):
+            return False
+        if offset == last[0]:
+            last[1].append(item)
+            return True
+    applied[part] = [offset, [item]]
+    return True
+
+
+WATERMARK_PREFIX = "\x00watermark:"
+"""Table keys of per-partition stream watermarks (device ids cannot hold control characters)."""
+
+
+def watermark_key(partition: int, partitions: int) -> str:
+    """A ``device-state`` key for ``partition``'s stream watermark that the default
+    partitioner puts in that same partition, so it is restored with that partition's devices
+    and written after them in the same changelog partition."""
+    salt = 0
+    while partition_of(key := f"{WATERMARK_PREFIX}{partition}:{salt}", partitions) != partition:
+        salt += 1
+    return key
+
+
 class ChainLearner(Protocol):
     def learn(self, outputs: list[Output]) -> list[Output]: ...
 
@@ -61,10 +113,12 @@ class DeviceProcessor:
         self.stats = stats if stats is not None else EngineStats()
         self.chains = chains
         self.engines: dict[int, DeviceEngine] = {}
+        self.saved_watermarks: dict[int, int] = {}
 
     def reset(self) -> None:
         """Forget in-memory state (after a rebalance); it is reloaded from the table."""
         self.engines.clear()
+        self.saved_watermarks.clear()
 
     def engine(self, partition: int) -> DeviceEngine:
         eng = self.engines.get(partition)
@@ -73,11 +127,21 @@ class DeviceProcessor:
                 self.settings, self.stats, emit_chains=self.chains is not None)
             eng.devices.changes.enabled = True
             n = self.settings.partitions
-            for device_id, blob in list(self.table.items()):
+            states = []
+            for key, blob in list(self.table.items()):
                 if blob is None:  # a deletion (tombstone) restored from the changelog
                     continue
-                if partition_of(device_id, n) == partition:
-                    eng.devices.import_device(decode(blob))
+                if partition_of(key, n) != partition:
+                    continue
+                data = decode(blob)
+                if key.startswith(WATERMARK_PREFIX):
+                    eng.devices.import_watermark(data["watermark"])
+                else:
+                    states.append(data)
+            # Least recently active first, as the running stage keeps them (idle expiry).
+            for data in sorted(states, key=lambda d: d["last_ts"]):
+                eng.devices.import_device(data)
+            self.saved_watermarks[partition] = eng.devices.watermark
         return eng
 
     def process(self, batch: Iterable[Message]) -> list[Output]:
@@ -94,16 +158,25 @@ class DeviceProcessor:
     def commit(self) -> None:
         """Write the state the last batches changed to the table: call it after their outputs
         were acknowledged, so a crash in between makes the batch run again (at-least-once)
-        instead of finding its events already in the state (lost outputs)."""
-        for eng in self.engines.values():
+        instead of finding its events already in the state (lost outputs).
+
+        Order matters when a crash lets only the first writes land: personal miners first
+        (a miner ahead of its device state re-learns nothing: re-emitted chains are
+        recognised), then the devices, then each partition's watermark."""
+        if self.chains is not None:
+            self.chains.commit()
+        for partition, eng in self.engines.items():
             devices = eng.devices
             dirty, removed = devices.take_dirty()
             for device_id in dirty:
                 self.table[device_id] = orjson.dumps(devices.export_device(device_id))
             for device_id in removed:
                 self.table.pop(device_id, None)
-        if self.chains is not None:
-            self.chains.commit()
+            if devices.watermark != self.saved_watermarks.get(partition):
+                # Last: on the changelog, a restored watermark implies the devices before it.
+                key = watermark_key(partition, self.settings.partitions)
+                self.table[key] = orjson.dumps({"watermark": devices.watermark})
+                self.saved_watermarks[partition] = devices.watermark
 
     def state_sizes(self) -> dict[str, int]:
         return {"devices": sum(len(e.devices.devices) for e in self.engines.values())}
@@ -117,9 +190,8 @@ class DeviceProcessor:
 class RateProcessor:
     """Stage 2 over batches of ``rate-updates``.
 
-    Idempotent under re-delivery: every key lives in exactly one partition of the rate-updates
-    topic, so the table keeps, per key, the offset of the last update applied and skips
-    anything at or below it.
+    Idempotent under re-delivery and under stage 1 re-emitting updates after a crash: the
+    table keeps, per key, the source positions already applied (``first_application``).
     """
 
     def __init__(self, settings: Settings, table: MutableMapping[str, bytes],
@@ -128,12 +200,13 @@ class RateProcessor:
         self.table = table
         self.stats = stats if stats is not None else EngineStats()
         self.stage = self._new_stage()
-        self.offsets: dict[str, int] = {}
+        self.applied: dict[str, dict[str, list[Any]]] = {}
+        """key_type:key -> source partition -> [last offset, event ids at that offset]."""
         self.skipped = 0
 
     def reset(self) -> None:
         self.stage = self._new_stage()
-        self.offsets.clear()
+        self.applied.clear()
 
     def _new_stage(self) -> RateStage:
         stage = RateStage(self.settings, self.stats)
@@ -145,12 +218,12 @@ class RateProcessor:
         for msg in batch:
             update: dict[str, Any] = orjson.loads(msg.value)
             rkey = f"{update['key_type']}:{update['key']}"
-            if rkey not in self.offsets:
-                self._load(rkey)
-            if msg.offset <= self.offsets.get(rkey, -1):
+            applied = self.applied.get(rkey)
+            if applied is None:
+                applied = self._load(rkey)
+            if not first_application(applied, update, msg.offset):
                 self.skipped += 1
                 continue
-            self.offsets[rkey] = msg.offset
             outputs += self.stage.apply(update)
         return outputs
 
@@ -159,19 +232,21 @@ class RateProcessor:
         dirty, removed = self.stage.take_dirty()
         for rkey in dirty:
             value = self.stage.export_key(rkey)
-            self.table[rkey] = orjson.dumps({"t": value, "o": self.offsets[rkey]})
+            self.table[rkey] = orjson.dumps({"t": value, "s": self.applied[rkey]})
         for rkey in removed:
-            self.offsets.pop(rkey, None)
+            self.applied.pop(rkey, None)
             self.table.pop(rkey, None)
 
-    def _load(self, rkey: str) -> None:
+    def _load(self, rkey: str) -> dict[str, list[Any]]:
         blob = self.table.get(rkey)
         if blob is None:
-            self.offsets[rkey] = -1
-            return
-        data = decode(blob)
-        self.stage.import_key(rkey, data["t"])
-        self.offsets[rkey] = data["o"]
+            applied: dict[str, list[Any]] = {}
+        else:
+            data = decode(blob)
+            self.stage.import_key(rkey, data["t"])
+            applied = data["s"]
+        self.applied[rkey] = applied
+        return applied
 
     def state_sizes(self) -> dict[str, int]:
         return {key_type: len(t) for key_type, t in self.stage.trackers.items()}
@@ -179,7 +254,7 @@ class RateProcessor:
     def lookup(self, key_type: str, key: str) -> dict[str, Any] | None:
         """Current estimate (memory first, then the table) as a ``defect-rates`` record."""
         rkey = f"{key_type}:{key}"
-        if rkey not in self.offsets:
+        if rkey not in self.applied:
             blob = self.table.get(rkey)
             if blob is None:
                 return None

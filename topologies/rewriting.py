@@ -8,10 +8,11 @@ single-partition stage.
 - **Global**: every chain also goes to the ``rephrase-chains`` topic, which has ONE partition:
   transitions are far fewer than events (one record per finished chain), and the absorbing chain
   needs all of them in one place. Its state is one snapshot in the ``global-rewrites`` table,
-  written after every batch together with the offset of the last chain applied (re-delivered
-  chains are skipped). Scaling limit: one worker does the global mining, and each snapshot
-  write is O(states) — fine for tens of thousands of states; beyond that the miner's state
-  should be split into per-utterance table rows.
+  written after every batch together with the source positions of the chains applied
+  (re-delivered or re-emitted chains are skipped, see ``first_application``). Scaling limit:
+  one worker does the global mining, and each snapshot write is O(states) — fine for tens of
+  thousands of states; beyond that the miner's state should be split into per-utterance table
+  rows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from stream.records import CHAINS, Output
 from stream.rewrites import RewriteMiner
 from stream.settings import Settings
 from stream.stats import EngineStats
-from topologies.processors import Message, decode
+from topologies.processors import Message, decode, first_application
 
 GLOBAL_KEY = "global"
 
@@ -40,34 +41,47 @@ class PersonalRewrites:
         self.table = table
         self.stats = stats
         self.miners: dict[str, RewriteMiner] = {}
+        self.applied: dict[str, dict[str, list[Any]]] = {}
+        """device id -> source positions of the chains its miner learned."""
         self.changed: set[str] = set()
 
     def reset(self) -> None:
         self.miners.clear()
+        self.applied.clear()
         self.changed.clear()
 
     def miner(self, device_id: str) -> RewriteMiner:
         miner = self.miners.get(device_id)
         if miner is None:
             blob = self.table.get(device_id)
-            miner = (RewriteMiner(self.config, "personal", device_id, self.stats) if blob is None
-                     else RewriteMiner.from_dict(decode(blob), self.stats, self.config))
+            if blob is None:
+                miner = RewriteMiner(self.config, "personal", device_id, self.stats)
+                self.applied[device_id] = {}
+            else:
+                data = decode(blob)
+                miner = RewriteMiner.from_dict(data["m"], self.stats, self.config)
+                self.applied[device_id] = data["s"]
             self.miners[device_id] = miner
         return miner
 
     def learn(self, outputs: list[Output]) -> list[Output]:
-        """Rewrite triggers of the chains among ``outputs`` (state written by ``commit``)."""
+        """Rewrite triggers of the chains among ``outputs`` (state written by ``commit``).
+        A chain re-emitted after a crash (this table was written, the device's state was
+        not) is learned once."""
         triggers: list[Output] = []
         for out in outputs:
             if out.stream == CHAINS:
                 device_id = out.record["device_id"]
-                triggers += self.miner(device_id).learn_one(out.record)
-                self.changed.add(device_id)
+                miner = self.miner(device_id)
+                if first_application(self.applied[device_id], out.record, None):
+                    triggers += miner.learn_one(out.record)
+                    self.changed.add(device_id)
         return triggers
 
     def commit(self) -> None:
         for device_id in self.changed:
-            self.table[device_id] = orjson.dumps(self.miners[device_id].to_dict(False))
+            self.table[device_id] = orjson.dumps({"m": self.miners[device_id].to_dict(False),
+                                                  "s": self.applied[device_id]})
         self.changed.clear()
 
     def lookup(self, utterance: str, device_id: str) -> dict[str, Any] | None:
@@ -85,45 +99,45 @@ class GlobalRewriteProcessor:
         self.table = table
         self.stats = stats
         self.miner: RewriteMiner | None = None
-        self.offset = -1
+        self.applied: dict[str, list[Any]] = {}
         self.skipped = 0
-        self.applied = 0
-        """Chains applied since the last snapshot."""
+        self.learned = 0
+        """Chains learned since the last snapshot."""
 
     def reset(self) -> None:
         self.miner = None
-        self.applied = 0
+        self.learned = 0
 
     def _load(self) -> RewriteMiner:
         if self.miner is None:
             blob = self.table.get(GLOBAL_KEY)
             if blob is None:
-                self.miner, self.offset = RewriteMiner(self.config, "global", None,
-                                                       self.stats), -1
+                self.miner, self.applied = RewriteMiner(self.config, "global", None,
+                                                        self.stats), {}
             else:
                 data = decode(blob)
                 self.miner = RewriteMiner.from_dict(data["m"], self.stats, self.config)
-                self.offset = data["o"]
+                self.applied = data["s"]
         return self.miner
 
     def process(self, batch: Iterable[Message]) -> list[Output]:
         miner = self._load()
         outputs: list[Output] = []
         for msg in batch:
-            if msg.offset <= self.offset:
+            chain = orjson.loads(msg.value)
+            if not first_application(self.applied, chain, msg.offset):
                 self.skipped += 1
                 continue
-            self.offset = msg.offset
-            outputs += miner.learn_one(orjson.loads(msg.value))
-            self.applied += 1
+            outputs += miner.learn_one(chain)
+            self.learned += 1
         return outputs
 
     def commit(self) -> None:
-        """One snapshot of the miner and the last chain offset (after outputs were acked)."""
-        if self.applied and self.miner is not None:
+        """One snapshot of the miner and the chains' positions (after outputs were acked)."""
+        if self.learned and self.miner is not None:
             self.table[GLOBAL_KEY] = orjson.dumps({"m": self.miner.to_dict(False),
-                                                   "o": self.offset})
-            self.applied = 0
+                                                   "s": self.applied})
+            self.learned = 0
 
     def lookup(self, utterance: str) -> dict[str, Any] | None:
         return self._load().get(utterance)
