@@ -33,8 +33,12 @@ FILLERS = frozenset({
 })
 
 
+@lru_cache(maxsize=1 << 14)
 def normalize(text: str) -> str:
-    """Lower-case, punctuation removed (apostrophes inside words kept), whitespace collapsed."""
+    """Lower-case, punctuation removed (apostrophes inside words kept), whitespace collapsed.
+
+    Cached: requests repeat a lot (the head of the distribution is most of the traffic), and
+    each turn is normalised twice (parsing, then the stop-phrase check on its normal form)."""
     text = _PUNCT.sub(" ", text.lower())
     if "'" in text:
         text = _LOOSE_APOSTROPHE.sub(" ", text)
