@@ -33,6 +33,7 @@ from topologies.runner import (
     collect_outputs,
     demo_settings,
     expected_counts,
+    plays_counted,
     prepare_topics,
 )
 
@@ -163,10 +164,12 @@ def _split_sample(tmp_path: Path, fraction: float) -> tuple[Path, Path]:
     return first, second
 
 
-def _wait_for_progress(settings: Settings, topic: str, at_least: int, timeout_s: float) -> int:
+def _wait_for_plays(settings: Settings, at_least: int, timeout_s: float) -> int:
+    """Wait until the defect-rate estimates count ``at_least`` updates (plays)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        n = len(read_topic(settings.bootstrap_servers, settings.topic(topic), timeout_s=1.0))
+        n = plays_counted([orjson.loads(r.value) for r in read_topic(
+            settings.bootstrap_servers, settings.topic(DEFECT_RATES), timeout_s=1.0)])
         if n >= at_least or time.monotonic() > deadline:
             return n
         time.sleep(0.5)
@@ -178,7 +181,7 @@ def test_restart_mid_stream_continues_from_table_state(broker, expected, expecte
     first, second = _split_sample(tmp_path, 0.5)
     with WorkerProcess(settings) as worker:
         produce_file(first, broker.bootstrap, settings.input_topic, progress=False)
-        seen = _wait_for_progress(settings, "defect-rates", 5_000, 90)
+        seen = _wait_for_plays(settings, 5_000, 90)
         assert seen >= 5_000, worker.log_tail()
     # A new worker process (same app id -> same group and tables) gets the rest.
     settings2 = dataclasses.replace(settings, web_port=free_port())

@@ -18,6 +18,7 @@ from topologies.processors import (
     Message,
     RateProcessor,
     decode,
+    expand_rate_updates,
     partition_of,
 )
 from topologies.rewriting import GlobalRewriteProcessor, PersonalRewrites
@@ -223,8 +224,8 @@ def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing
     assert len(crashed[RATE_UPDATES]) > resumed  # there was something to re-emit
     rates, rewrites = run_behind_stage1(settings, crashed)
 
-    positions = Counter((o.key, tuple(o.record["src"]), o.record["event_id"])
-                        for o in crashed[RATE_UPDATES])
+    positions = Counter((o.key, tuple(u["src"]), u["event_id"])
+                        for o in crashed[RATE_UPDATES] for u in o.record["updates"])
     re_emitted = sum(n - 1 for n in positions.values())
     assert rates.skipped == re_emitted
     assert re_emitted > 0 if landing == 0 else (re_emitted == 0 or lost_writes)
@@ -236,3 +237,33 @@ def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing
     assert rewrites.miner.to_dict() == clean_rewrites.miner.to_dict()
     personal = {k: decode(v)["m"] for k, v in crashed["personal"].items()}
     assert personal == {k: decode(v)["m"] for k, v in clean["personal"].items()}
+
+
+def test_one_rate_update_record_per_key_and_one_estimate_per_key_per_batch(lines):
+    """Stage 1 coalesces a batch's updates per key (same updates, same order) and stage 2
+    publishes one estimate per changed key per batch: its final state."""
+    settings = Settings(partitions=PARTITIONS)
+    batch = to_messages(lines)[:1_000]
+    single = []  # what the engines emit, one update per finalised turn and key
+    processor = DeviceProcessor(settings, {})
+    for msg in batch:
+        source = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
+        single += [o for o in processor.engine(msg.partition).process(msg.value, source)
+                   if o.stream == RATE_UPDATES]
+    coalesced = [o for o in DeviceProcessor(settings, {}).process(batch)
+                 if o.stream == RATE_UPDATES]
+    assert len(coalesced) == len({o.key for o in coalesced}) < len(single) / 2
+    by_key: dict[str, list] = {}
+    for o in single:
+        by_key.setdefault(o.key, []).append(o.record)
+    assert {o.key: expand_rate_updates(o.record) for o in coalesced} == by_key
+
+    messages = [Message(o.key.encode(), orjson.dumps(o.record), 0, n)
+                for n, o in enumerate(coalesced)]
+    rates = RateProcessor(settings, {})
+    estimates = [o for o in rates.process(messages) if o.stream == DEFECT_RATES]
+    assert len(estimates) == len({o.key for o in estimates}) == len(by_key)
+    for o in estimates:
+        key_type, key = o.key.split(":", 1)
+        assert o.record == RateStage.record(key_type, key, rates.stage.get(key_type, key))
+        assert o.record["plays"] == len(by_key[o.key])

@@ -124,6 +124,11 @@ def collect_outputs(settings: Settings, expected: Counter[str], timeout_s: float
                     ) -> dict[str, list[dict[str, Any]]]:
     """Read every output topic until it holds at least the expected number of records.
 
+    ``defect-rates`` is compacted and the worker publishes one estimate per key per batch,
+    not one per update as the in-process engine does: there the expected count (the
+    replay's records, one per update) is compared with the sum of ``plays`` over the last
+    record of each key, i.e. the topic is complete once every update is counted.
+
     Fails with the worker's log tail if the worker died or the records did not arrive in time.
     """
     deadline = time.monotonic() + timeout_s
@@ -135,16 +140,26 @@ def collect_outputs(settings: Settings, expected: Counter[str], timeout_s: float
                 raise PipelineError(f"worker exited with {worker.proc.returncode}:\n"
                                     f"{worker.log_tail()}")
             records = read_topic(settings.bootstrap_servers, settings.topic(name),
-                                 timeout_s=idle_s, expected=want or None,
+                                 timeout_s=idle_s,
+                                 expected=None if name == DEFECT_RATES else want or None,
                                  **security_options(settings))
-            if len(records) >= want:
+            values = [orjson.loads(r.value) for r in records if r.value is not None]
+            got = plays_counted(values) if name == DEFECT_RATES else len(records)
+            if got >= want:
                 break
             if time.monotonic() > deadline:
                 tail = worker.log_tail() if worker else ""
-                raise PipelineError(f"{settings.topic(name)}: {len(records)} of {want} "
-                                    f"records after {timeout_s:.0f} s\n{tail}")
-        results[name] = [orjson.loads(r.value) for r in records if r.value is not None]
+                what = "plays counted" if name == DEFECT_RATES else "records"
+                raise PipelineError(f"{settings.topic(name)}: {got} of {want} {what} "
+                                    f"after {timeout_s:.0f} s\n{tail}")
+        results[name] = values
     return results
+
+
+def plays_counted(defect_rates: list[dict[str, Any]]) -> int:
+    """Updates counted by the last ``defect-rates`` record of each key."""
+    last = {(r["key_type"], r["key"]): r["plays"] for r in defect_rates}
+    return sum(last.values())
 
 
 def demo_settings(bootstrap: str, **overrides: Any) -> Settings:
