@@ -34,6 +34,7 @@ from topologies.faust_fixes import (  # noqa: E402
     broker_settings_for_tansu,
     install_recovery_seek_fix,
     recovery_seek_fix_installed,
+    stop_debug_logging_after_startup,
     uninstall_recovery_seek_fix,
 )
 
@@ -297,3 +298,26 @@ if __name__ == "__main__":
     if not os.environ.get("FEEDBACK_STREAM_TEST_NO_FIX"):
         install_recovery_seek_fix()
     build_app(json.loads(os.environ[CFG_ENV])).main()
+
+
+def test_root_logger_leaves_debug_after_startup():
+    """Faust's worker leaves the root logger at DEBUG after its start-up spinner; afterwards
+    it must log at the level of the handlers that print (WARNING here), and a DEBUG handler
+    (``-l debug``) keeps it at DEBUG."""
+    import asyncio
+    import logging
+
+    from faust.utils import terminal
+
+    root = logging.Logger("test-root")
+    printing = logging.StreamHandler()
+    printing.setLevel(logging.WARNING)
+    root.addHandler(printing)
+    root.addHandler(terminal.SpinnerHandler(terminal.Spinner(), level=logging.DEBUG))
+    root.setLevel(logging.DEBUG)
+    asyncio.run(stop_debug_logging_after_startup(root))
+    assert root.level == logging.WARNING and not root.isEnabledFor(logging.DEBUG)
+    printing.setLevel(logging.DEBUG)
+    root.setLevel(logging.DEBUG)
+    asyncio.run(stop_debug_logging_after_startup(root))
+    assert root.level == logging.DEBUG

@@ -149,6 +149,9 @@ async def mine(stream: faust.StreamT) -> None:
     await _run(stream, global_rewrites)
 
 
+app.on_startup_finished = faust_fixes.stop_debug_logging_after_startup
+
+
 @app.on_before_shutdown.connect
 async def _on_shutdown(sender: Any, **kwargs: Any) -> None:
     await publisher.stop()

@@ -150,3 +150,15 @@ __all__ = [
     "uninstall_recovery_seek_fix",
 ]
 
+
+
+async def stop_debug_logging_after_startup(root: logging.Logger | None = None) -> None:
+    """Faust's worker puts the root logger at DEBUG for its start-up spinner (with ``-l warn``
+    or above: ``Worker._setup_spinner_handler``) and leaves it there: every aiokafka send then
+    builds a debug record that no handler prints (6% of the worker's CPU, bench/README.md).
+    Installed as ``app.on_startup_finished``: the logger goes back to the lowest level of the
+    handlers that print."""
+    root = root or logging.getLogger()
+    levels = [h.level for h in root.handlers if type(h).__name__ != "SpinnerHandler"]
+    if levels and root.level < min(levels):
+        root.setLevel(min(levels))
