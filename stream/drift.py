@@ -83,8 +83,10 @@ class DefectRateDrift:
 
     def update(self, key_type: str, key: str, defective: bool, ts: int) -> list[Output]:
         k = (key_type, key)
-        tr = self.tracked.pop(k, None)
-        if tr is None:
+        tr = self.tracked.get(k)
+        if tr is not None:
+            self.tracked.move_to_end(k)
+        else:
             plays = self.warming.pop(k, 0) + 1
             if plays < self.min_plays:
                 self.warming[k] = plays
@@ -97,14 +99,17 @@ class DefectRateDrift:
                 self.evictions += 1
                 if self.stats is not None:
                     self.stats.evictions["drift_detector"] += 1
-        self.tracked[k] = tr
+            self.tracked[k] = tr
         return self._step(k, tr, 1.0 if defective else 0.0, ts)
 
     def _step(self, k: tuple[str, str], tr: _Tracked, x: float, ts: int) -> list[Output]:
         adwin = tr.adwin
-        mean_before, width_before = adwin.estimation, adwin.width
+        # The window's sum, not its mean: the mean is only needed on a detection (rare).
+        total_before, width_before = adwin.total, adwin.width
         adwin.update(x)
         if adwin.drift_detected and tr.pending is None:
+            # ADWIN.estimation's own formula, so old_rate stays exactly what it was.
+            mean_before = total_before / width_before if width_before else 0.0
             n_old = width_before + 1 - adwin.width
             old_sum = mean_before * width_before + x - adwin.estimation * adwin.width
             if n_old > 0:

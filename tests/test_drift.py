@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from river.drift import ADWIN
 
 from stream.drift import DEFECT_RATE_ALERTS, DefectRateDrift
 
@@ -74,3 +75,22 @@ def test_deterministic() -> None:
     runs = [play(DefectRateDrift(), "k", [(800, 0.2), (800, 0.7)], random.Random(3))
             for _ in range(2)]
     assert runs[0] == runs[1] and len(runs[0]) == 1
+
+
+def test_old_rate_is_exactly_the_dropped_part_of_the_window() -> None:
+    """Against ADWIN's public mean and width read around each update (the step itself reads
+    the window's sum instead, which must give bit-identical rates)."""
+    rng, d = random.Random(5), DefectRateDrift(min_plays=1, confirm_plays=5)
+    ref, k, detections = ADWIN(delta=d.delta), ("intent", "PlayMusic"), 0
+    for i in range(20_000):
+        x = rng.random() < (0.1 if (i // 1_500) % 2 == 0 else 0.7)
+        was_pending = k in d.tracked and d.tracked[k].pending is not None
+        mean, width = ref.estimation, ref.width
+        ref.update(float(x))
+        d.update(*k, x, i)
+        n_old = width + 1 - ref.width
+        if ref.drift_detected and not was_pending and n_old > 0:
+            old_rate = (mean * width + x - ref.estimation * ref.width) / n_old
+            assert d.tracked[k].pending == (old_rate, n_old, i)
+            detections += 1
+    assert detections >= 5
