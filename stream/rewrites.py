@@ -30,7 +30,9 @@ Modelling choices (and their limits):
   touches it. **Hysteresis**: a published rewrite is withdrawn or replaced only when it misses
   a threshold, or another beats it, by more than ``hysteresis`` (no flapping at a threshold).
 - **Memory**: at most ``max_states`` states (least recently seen evicted with their edges and
-  support; a rewrite from or to an evicted state is withdrawn), counted in ``evictions``.
+  support; a rewrite from or to an evicted state is withdrawn), counted in ``evictions``. A
+  state's containers exist only once they hold something (``stream.markov.State``): most
+  utterances are only ever seen alone.
 
 Complexity per chain of n utterances: O(n^2) count updates, a reverse search of at most
 ``16 k`` states and one solve over k <= ``max_neighbourhood`` states: O(k^3) (LU) plus O(k^2)
@@ -51,13 +53,12 @@ to build Q and R. Memory O(states + transitions + support pairs).
 from __future__ import annotations
 
 import dataclasses
-import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
-
+from stream import markov
+from stream.markov import State
 from stream.records import REWRITE_TRIGGERS, Output
 from stream.stats import EngineStats
 from stream.text import normalize
@@ -88,20 +89,6 @@ class RewriteConfig:
             raise ValueError("0 < discount <= 1, prior >= 0, hysteresis >= 0")
 
 
-class _State:
-    __slots__ = ("out", "succ", "fail", "support", "preds", "supporters")
-
-    def __init__(self) -> None:
-        self.out: dict[str, int] = {}  # next utterance in a chain -> count
-        self.succ = self.fail = 0  # absorption counts (this utterance was the chain's tip)
-        self.support: dict[str, int] = {}  # later utterance -> chains with both, in this order
-        self.preds: set[str] = set()  # reverse of ``out``
-        self.supporters: set[str] = set()  # reverse of ``support``
-
-    def observed(self) -> int:
-        return self.succ + self.fail + sum(self.out.values())
-
-
 def _parse_chain(chain: Mapping[str, Any]) -> tuple[list[str], bool, int]:
     utts, outcome, ts = chain.get("utterances"), chain.get("outcome"), chain.get("ts")
     device_id = chain.get("device_id")
@@ -124,26 +111,33 @@ class RewriteMiner:
         self.device_id = device_id
         self.stats = stats_
         # least recently seen first; OrderedDict for O(1) oldest-first eviction
-        self.states: OrderedDict[str, _State] = OrderedDict()
+        self.states: OrderedDict[str, State] = OrderedDict()
         self.published: dict[str, dict[str, Any]] = {}
         self.evictions = 0
 
     # -- learning --------------------------------------------------------------------------------
     def learn_one(self, chain: Mapping[str, Any]) -> list[Output]:
         """Count one finished chain, re-decide what it affects; returns rewrite-trigger records."""
-        utts, success, ts = _parse_chain(chain)
+        return self._learn(*_parse_chain(chain))
+
+    def _learn(self, utts: list[str], success: bool, ts: int) -> list[Output]:
+        """``learn_one`` of a chain ``_parse_chain`` accepted."""
         utts = utts[-min(_MAX_CHAIN, self.config.max_states):]
         states = self.states
         for u in utts:
-            states[u] = states.pop(u, None) or _State()
-        for a, b in zip(utts, utts[1:], strict=False):
-            states[a].out[b] = states[a].out.get(b, 0) + 1
-            states[b].preds.add(a)
+            if u in states:
+                states.move_to_end(u)  # most recently seen last (the eviction order)
+            else:
+                states[u] = State()
+        if len(utts) > 1:
+            for a, b in zip(utts, utts[1:], strict=False):
+                markov.link(states[a], a, states[b], b)
+            min_support = self.config.min_support
+            for a, b in sorted({(a, b) for i, a in enumerate(utts) for b in utts[i + 1:]
+                                if a != b}):
+                markov.add_support(states[a], a, states[b], b, min_support)
         tip = states[utts[-1]]
         tip.succ, tip.fail = tip.succ + success, tip.fail + (not success)
-        for a, b in sorted({(a, b) for i, a in enumerate(utts) for b in utts[i + 1:] if a != b}):
-            states[a].support[b] = states[a].support.get(b, 0) + 1
-            states[b].supporters.add(a)
         out: list[Output] = []
         while len(states) > self.config.max_states:
             self._evict(next(iter(states)), ts, out)
@@ -155,15 +149,8 @@ class RewriteMiner:
         return out
 
     def _evict(self, x: str, ts: int, out: list[Output]) -> None:
-        states, st = self.states, self.states.pop(x)
-        for v in st.out.keys() & states.keys():
-            states[v].preds.discard(x)
-        for p in st.preds & states.keys():
-            del states[p].out[x]
-        for r in st.support.keys() & states.keys():
-            states[r].supporters.discard(x)
-        for q in sorted(st.supporters & states.keys()):
-            del states[q].support[x]
+        st = self.states.pop(x)
+        for q in markov.unlink_evicted(self.states, x, st, self.config.min_support):
             if self.published.get(q, {}).get("rewrite") == x:
                 self._withdraw(q, ts, out)
         if x in self.published:
@@ -173,49 +160,42 @@ class RewriteMiner:
             self.stats.evictions["rewrite_state"] += 1
 
     def _is_candidate(self, u: str) -> bool:
-        min_support = self.config.min_support
-        return u in self.published or any(c >= min_support for c in self.states[u].support.values())
+        return self.states[u].strong > 0 or u in self.published
 
     def _affected(self, seeds: list[str], limit: int) -> list[str]:
         """Up to ``limit`` candidates among the seeds and the states that can reach them,
         nearest and most traversed first. The search stops once ``limit`` candidates are
         found: later ones would come after them in this order anyway (the hot path for
         popular utterances with many predecessors)."""
-        states, visit_cap = self.states, _VISIT_FACTOR * self.config.max_neighbourhood
+        states, published = self.states, self.published
+        visit_cap = _VISIT_FACTOR * self.config.max_neighbourhood
         seen = dict.fromkeys(seeds)
-        found = [u for u in seen if self._is_candidate(u)]
+        # ``_is_candidate`` inlined here and below: this loop is the miner's hottest
+        found = [u for u in seen if states[u].strong or u in published]
         frontier = list(seen)
         while frontier and len(seen) < visit_cap and len(found) < limit:
             nxt: list[str] = []
             for v in frontier:
-                preds = sorted((p for p in states[v].preds if p not in seen),
-                               key=lambda p, v=v: (-states[p].out[v], p))
-                for p in preds[:visit_cap - len(seen)]:
+                room = visit_cap - len(seen)
+                if room <= 0:  # the visit cap is reached: nothing more is visited
+                    break
+                new = [p for p in states[v].preds if p not in seen]
+                if len(new) > 1:
+                    new.sort(key=lambda p, v=v: (-states[p].out[v], p))
+                for p in new[:room]:
                     seen[p] = None
                     nxt.append(p)
-                    if self._is_candidate(p):
+                    if states[p].strong or p in published:
                         found.append(p)
+                        if len(found) == limit:  # what follows would be cut off anyway
+                            return found
             frontier = nxt
         return found[:limit]
 
     # -- solving ---------------------------------------------------------------------------------
     def neighbourhood(self, sources: Iterable[str]) -> list[str]:
         """Up to ``max_neighbourhood`` states reachable from ``sources``, most probable first."""
-        states, cap = self.states, self.config.max_neighbourhood
-        heap = [(-1.0, s) for s in sorted(set(sources)) if s in states]
-        heapq.heapify(heap)
-        kept: dict[str, None] = {}
-        while heap and len(kept) < cap:
-            neg_p, s = heapq.heappop(heap)
-            if s in kept:
-                continue
-            kept[s] = None
-            st = states[s]
-            total = st.observed()
-            for v, c in st.out.items():
-                if v not in kept:
-                    heapq.heappush(heap, (neg_p * c / total, v))
-        return list(kept)
+        return markov.neighbourhood(self.states, sources, self.config.max_neighbourhood)
 
     def solve(self, sources: Iterable[str]) -> dict[str, float]:
         """P(success | start at s) for the states of the sources' neighbourhood.
@@ -223,39 +203,8 @@ class RewriteMiner:
         Only states that reach observed absorptions inside the neighbourhood are solved (the
         others carry no information here); that also makes ``I - Q`` invertible.
         """
-        states, names = self.states, self.neighbourhood(sources)
-        inside = set(names)
-        informed = {s for s in names if states[s].succ or states[s].fail}
-        stack = list(informed)
-        while stack:
-            for p in states[stack.pop()].preds:
-                if p in inside and p not in informed:
-                    informed.add(p)
-                    stack.append(p)
-        names = [s for s in names if s in informed]
-        index = {s: i for i, s in enumerate(names)}
-        n, prior, discount = len(names), self.config.prior, self.config.discount
-        rows: list[int] = []
-        cols: list[int] = []
-        vals: list[float] = []
-        r = np.zeros(n)
-        for i, s in enumerate(names):
-            st = states[s]
-            kept = [(index[v], c) for v, c in st.out.items() if v in index]
-            total = st.succ + st.fail + prior + sum(c for _, c in kept)
-            for j, c in kept:
-                rows.append(i)
-                cols.append(j)
-                vals.append(discount * c / total)
-            r[i] = (st.succ + prior / 2) / total
-        q = np.zeros((n, n))
-        q[rows, cols] = vals  # one entry per (row, column): ``out`` keys are unique
-        try:
-            b = np.linalg.solve(np.eye(n) - q, r)
-        except np.linalg.LinAlgError:  # not expected (see above); keep earlier decisions
-            return {}
-        # Rounded so that decisions do not depend on the last bits of the LAPACK build.
-        return {s: round(float(b[i]), 9) for i, s in enumerate(names)}
+        return markov.solve(self.states, self.neighbourhood(sources), self.config.prior,
+                            self.config.discount)
 
     def _decide(self, u: str, solved: dict[str, float], ts: int, out: list[Output]) -> None:
         if not solved:
@@ -321,7 +270,9 @@ class RewriteMiner:
     def to_dict(self, with_config: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
             "layer": self.layer, "device_id": self.device_id,
-            "states": [[u, st.out, st.succ, st.fail, st.support] for u, st in self.states.items()],
+            # ``or {}``: an empty container is a shared read-only sentinel (``markov.State``)
+            "states": [[u, st.out or {}, st.succ, st.fail, st.support or {}]
+                       for u, st in self.states.items()],
             "published": self.published, "evictions": self.evictions,
         }
         if with_config:
@@ -333,15 +284,7 @@ class RewriteMiner:
                   config: RewriteConfig | None = None) -> RewriteMiner:
         config = config or RewriteConfig(**data["config"])
         miner = cls(config, data["layer"], data["device_id"], stats_)
-        states = miner.states
-        for u, out, succ, fail, support in data["states"]:
-            st = states[u] = _State()
-            st.out, st.succ, st.fail, st.support = dict(out), succ, fail, dict(support)
-        for u, st in states.items():
-            for v in st.out:
-                states[v].preds.add(u)
-            for r in st.support:
-                states[r].supporters.add(u)
+        markov.load(miner.states, data["states"], config.min_support)
         miner.published = {u: dict(rec) for u, rec in data["published"].items()}
         miner.evictions = data["evictions"]
         return miner
@@ -363,16 +306,22 @@ class PersonalRewriteMiner:
         self.evictions = 0
 
     def learn_one(self, chain: Mapping[str, Any]) -> list[Output]:
-        _parse_chain(chain)  # invalid chains change nothing
-        device_id = chain["device_id"]
-        miner = self.miners.pop(device_id, None) or RewriteMiner(
-            self.config, "personal", device_id, self.stats)
-        self.miners[device_id] = miner
-        out = miner.learn_one(chain)
-        while len(self.miners) > self.max_devices:
-            oldest = self.miners.pop(next(iter(self.miners)))
+        utts, success, ts = _parse_chain(chain)  # invalid chains change nothing
+        return self._learn(chain["device_id"], utts, success, ts)
+
+    def _learn(self, device_id: str, utts: list[str], success: bool, ts: int) -> list[Output]:
+        miners = self.miners
+        miner = miners.get(device_id)
+        if miner is None:
+            miner = miners[device_id] = RewriteMiner(self.config, "personal", device_id,
+                                                     self.stats)
+        else:
+            miners.move_to_end(device_id)  # most recently active last (the eviction order)
+        out = miner._learn(utts, success, ts)
+        while len(miners) > self.max_devices:
+            oldest = miners.pop(next(iter(miners)))
             for u in list(oldest.published):
-                oldest._withdraw(u, chain["ts"], out)
+                oldest._withdraw(u, ts, out)
             self.evictions += 1
             if self.stats is not None:
                 self.stats.evictions["rewrite_device"] += 1
@@ -415,7 +364,9 @@ class RewriteLayers:
         self.personal = PersonalRewriteMiner(personal_config, max_devices, stats_)
 
     def learn_one(self, chain: Mapping[str, Any]) -> list[Output]:
-        return self.global_.learn_one(chain) + self.personal.learn_one(chain)
+        utts, success, ts = _parse_chain(chain)  # once for both layers
+        return (self.global_._learn(utts, success, ts)
+                + self.personal._learn(chain["device_id"], utts, success, ts))
 
     def lookup(self, utterance: str, device_id: str | None = None) -> dict[str, Any] | None:
         """The rewrite to apply: the device's own published rewrite if any, else the global one.

@@ -3,12 +3,16 @@ rewrite, personal-vs-global precedence, withdrawal, snapshots and the state boun
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import pickle
 import random
 from fractions import Fraction
 
 import pytest
 
+from stream.markov import NO_COUNTS, NO_NAMES
 from stream.rewrites import (
     REWRITE_TRIGGERS,
     PersonalRewriteMiner,
@@ -278,3 +282,106 @@ def test_neighbourhood_cap_and_bad_input() -> None:
         m.learn_one({"utterances": ["a"], "outcome": "success", "ts": 1})  # no device_id
     with pytest.raises(ValueError):
         RewriteConfig(discount=0.0)
+
+
+# -- state bookkeeping: lazily created containers, the O(1) candidate count ----------------------
+def brute_candidate(m: RewriteMiner, u: str) -> bool:
+    min_support = m.config.min_support
+    return u in m.published or any(c >= min_support for c in m.states[u].support.values())
+
+
+def check_bookkeeping(m: RewriteMiner) -> None:
+    """The per-state count of strong support entries equals a recount, reverse links mirror
+    the forward ones, and nothing holds an empty real container (it would cost memory)."""
+    preds: dict[str, set[str]] = {u: set() for u in m.states}
+    supporters: dict[str, set[str]] = {u: set() for u in m.states}
+    for u, st in m.states.items():
+        assert st.strong == sum(c >= m.config.min_support for c in st.support.values())
+        assert m._is_candidate(u) == brute_candidate(m, u)
+        for v in st.out:
+            preds[v].add(u)
+        for r in st.support:
+            supporters[r].add(u)
+    for u, st in m.states.items():
+        assert st.preds == preds[u] and st.supporters == supporters[u], u
+        for name, empty in (("out", NO_COUNTS), ("support", NO_COUNTS), ("preds", NO_NAMES),
+                            ("supporters", NO_NAMES)):
+            value = getattr(st, name)
+            assert value or value is empty, (u, name)
+
+
+@pytest.mark.parametrize("min_support", [1, 2, 3])
+def test_candidate_count_matches_brute_force(min_support: int) -> None:
+    rng = random.Random(min_support)
+    vocab = [f"u{i}" for i in range(30)]
+    m = RewriteMiner(RewriteConfig(min_support=min_support, max_states=20, min_gain=0.05))
+    for i in range(600):
+        utts = [rng.choice(vocab[:8] if rng.random() < 0.6 else vocab)
+                for _ in range(rng.choice([1, 1, 2, 3, 4]))]
+        m.learn_one(chain(utts, rng.random() < 0.5, i))
+        check_bookkeeping(m)
+        if i % 150 == 149:  # a restored miner carries on with the same counts and decisions
+            restored = RewriteMiner.from_dict(json.loads(json.dumps(m.to_dict())))
+            check_bookkeeping(restored)
+            assert restored.to_dict() == m.to_dict()
+            m = restored
+    assert m.evictions > 100 and m.published  # evictions and decisions were exercised
+
+
+def test_from_dict_with_another_min_support_recounts() -> None:
+    m = RewriteMiner(RewriteConfig(min_support=2))
+    feed(m, [chain(["a", "b"], True, i) for i in range(3)] + [chain(["a", "c"], True, 9)])
+    assert m.states["a"].strong == 1
+    restored = RewriteMiner.from_dict(m.to_dict(), config=RewriteConfig(min_support=1))
+    assert restored.states["a"].strong == 2
+    check_bookkeeping(restored)
+
+
+def test_containers_are_created_lazily() -> None:
+    m = RewriteMiner(RewriteConfig(max_states=3))
+    feed(m, [chain(["once"], True, 1)])
+    st = m.states["once"]
+    assert (st.out, st.support, st.preds, st.supporters) == ({}, {}, set(), set())
+    assert st.out is NO_COUNTS and st.support is NO_COUNTS
+    assert st.preds is NO_NAMES and st.supporters is NO_NAMES
+    with pytest.raises(TypeError):  # the shared sentinel can never be written to
+        st.out["x"] = 1
+    feed(m, [chain(["a", "b"], False, 2)])
+    a, b = m.states["a"], m.states["b"]
+    assert a.out == {"b": 1} and a.support == {"b": 1} and a.preds is NO_NAMES
+    assert b.preds == {"a"} and b.supporters == {"a"} and b.out is NO_COUNTS
+    # Evicting "a" (least recently seen once "c" and "d" come) empties b's reverse links:
+    # back to the sentinels rather than empty real sets.
+    feed(m, [chain(["c"], True, 3), chain(["b", "d"], True, 4)])
+    assert "a" not in m.states and m.states["b"].preds is NO_NAMES
+    assert m.states["b"].supporters is NO_NAMES
+    check_bookkeeping(m)
+    # Snapshots hold plain JSON objects; pickling and copying keep the sentinels shared.
+    assert json.loads(json.dumps(m.to_dict())) == m.to_dict()
+    for copied in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        assert copied.states["c"].out is NO_COUNTS and copied.states["c"].preds is NO_NAMES
+        assert copied.to_dict() == m.to_dict()
+        check_bookkeeping(copied)
+
+
+def test_snapshot_format_unchanged() -> None:
+    # A snapshot as written before the containers were lazy (every state with its own, maybe
+    # empty, dicts) loads, and is written back the same way.
+    snapshot = {"layer": "global", "device_id": None, "evictions": 0, "published": {},
+                "config": dataclasses.asdict(RewriteConfig(min_support=2)),
+                "states": [["a", {"b": 2}, 0, 1, {"b": 2}], ["b", {}, 2, 0, {}],
+                           ["c", {}, 1, 0, {}]]}
+    m = RewriteMiner.from_dict(snapshot)
+    assert m.to_dict() == snapshot and m.states["c"].out is NO_COUNTS
+    check_bookkeeping(m)
+    outs = feed(m, [chain(["a", "b"], True, 5)])
+    assert [(o.key, o.record["rewrite"]) for o in outs] == [("global:a", "b")]
+
+
+def test_layers_reject_bad_chains_before_learning() -> None:
+    layers = RewriteLayers()
+    with pytest.raises(ValueError):
+        layers.learn_one({"device_id": "d", "utterances": ["a", 3], "outcome": "success",
+                          "ts": 1})
+    assert layers.state_sizes()["global"]["states"] == 0
+    assert layers.state_sizes()["personal"]["devices"] == 0

@@ -1,0 +1,221 @@
+"""The absorbing Markov chain under ``stream.rewrites``: per-utterance state and the solver.
+
+A ``State`` holds one transient state's counts and the reverse links the miner needs to
+re-decide and evict. Most utterances are seen once, as a one-turn chain: they only ever get an
+absorption count. So the four containers start as shared, read-only empty sentinels and become
+real ``dict`` / ``set`` objects on their first entry (and return to the sentinels when eviction
+empties them): an empty ``set`` costs 216 bytes and an empty ``dict`` 64, which made them most
+of an utterance's memory (two states per utterance, one per layer). Readers need no special
+case: the sentinels support every read (``get``, ``items``, ``in``, ``&``, ``|``, iteration),
+and a write to one by mistake raises instead of corrupting the state every other one shares.
+
+>>> a, b = State(), State()
+>>> a.out is NO_COUNTS and b.preds is NO_NAMES
+True
+>>> link(a, "a", b, "b"); add_support(a, "a", b, "b", min_support=1)
+>>> dict(a.out), set(b.preds), dict(a.support), set(b.supporters), a.strong
+({'b': 1}, {'a'}, {'b': 1}, {'a'}, 1)
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from typing import NoReturn, cast
+
+import numpy as np
+
+
+class _NoCounts(dict[str, int]):
+    """The shared empty ``dict`` sentinel: read-only, and the same object after pickling or
+    ``copy.deepcopy`` (pickled by name), so ``is NO_COUNTS`` checks survive a copy."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("shared empty sentinel: replace it with a dict before writing")
+
+    __setitem__ = __delitem__ = __ior__ = setdefault = update = pop = popitem = clear = _read_only
+
+    def __reduce__(self) -> str:
+        return "NO_COUNTS"
+
+
+class _NoNames(frozenset[str]):
+    """The shared empty ``set`` sentinel (a ``frozenset``: it has no ``add``), pickled by name."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> str:
+        return "NO_NAMES"
+
+
+# Typed as the mutable types the fields hold once filled: every write goes through the
+# helpers below, which replace a sentinel first.
+NO_COUNTS: dict[str, int] = _NoCounts()
+NO_NAMES = cast(set[str], _NoNames())
+
+
+class State:
+    __slots__ = ("out", "succ", "fail", "support", "preds", "supporters", "strong")
+
+    def __init__(self) -> None:
+        self.out: dict[str, int] = NO_COUNTS  # next utterance in a chain -> count
+        self.succ = self.fail = 0  # absorption counts (this utterance was the chain's tip)
+        self.support: dict[str, int] = NO_COUNTS  # later utterance -> chains with both, in order
+        self.preds: set[str] = NO_NAMES  # reverse of ``out``
+        self.supporters: set[str] = NO_NAMES  # reverse of ``support``
+        # Entries of ``support`` at or above the miner's ``min_support``: makes "is this
+        # utterance a rewrite candidate" O(1) (it was an ``any`` over ``support`` for every
+        # state the incremental search visits).
+        self.strong = 0
+
+    def observed(self) -> int:
+        return self.succ + self.fail + sum(self.out.values())
+
+
+def link(a: State, a_name: str, b: State, b_name: str) -> None:
+    """Count one transition ``a -> b``."""
+    out = a.out
+    if out is NO_COUNTS:
+        out = a.out = {}
+    out[b_name] = out.get(b_name, 0) + 1
+    if b.preds is NO_NAMES:
+        b.preds = set()
+    b.preds.add(a_name)
+
+
+def add_support(a: State, a_name: str, b: State, b_name: str, min_support: int) -> None:
+    """Count one chain in which ``b`` followed ``a``."""
+    support = a.support
+    if support is NO_COUNTS:
+        support = a.support = {}
+    c = support[b_name] = support.get(b_name, 0) + 1
+    if c == min_support:
+        a.strong += 1
+    if b.supporters is NO_NAMES:
+        b.supporters = set()
+    b.supporters.add(a_name)
+
+
+def unlink_evicted(states: Mapping[str, State], x: str, st: State, min_support: int) -> list[str]:
+    """Remove every reference to the evicted state ``x`` (already out of ``states``) from the
+    states left; returns the utterances that lost ``x`` as a supported rewrite, sorted."""
+    for v in st.out.keys() & states.keys():
+        other = states[v]
+        other.preds.discard(x)  # a real set: it holds x
+        if not other.preds:
+            other.preds = NO_NAMES
+    for p in st.preds & states.keys():
+        other = states[p]
+        del other.out[x]
+        if not other.out:
+            other.out = NO_COUNTS
+    for r in st.support.keys() & states.keys():
+        other = states[r]
+        other.supporters.discard(x)
+        if not other.supporters:
+            other.supporters = NO_NAMES
+    lost = sorted(st.supporters & states.keys())
+    for q in lost:
+        other = states[q]
+        if other.support.pop(x) >= min_support:
+            other.strong -= 1
+        if not other.support:
+            other.support = NO_COUNTS
+    return lost
+
+
+def load(states: dict[str, State], rows: Iterable[list], min_support: int) -> None:
+    """Fill ``states`` from ``to_dict`` rows ``[u, out, succ, fail, support]``, in order."""
+    for u, out, succ, fail, support in rows:
+        st = states[u] = State()
+        st.succ, st.fail = succ, fail
+        if out:
+            st.out = dict(out)
+        if support:
+            st.support = dict(support)
+            st.strong = sum(c >= min_support for c in st.support.values())
+    for u, st in states.items():
+        for v in st.out:
+            other = states[v]
+            if other.preds is NO_NAMES:
+                other.preds = set()
+            other.preds.add(u)
+        for r in st.support:
+            other = states[r]
+            if other.supporters is NO_NAMES:
+                other.supporters = set()
+            other.supporters.add(u)
+
+
+def neighbourhood(states: Mapping[str, State], sources: Iterable[str], cap: int) -> list[str]:
+    """Up to ``cap`` states reachable from ``sources``, most probable path first."""
+    heap = [(-1.0, s) for s in sorted(set(sources)) if s in states]
+    heapq.heapify(heap)
+    push, pop = heapq.heappush, heapq.heappop
+    kept: dict[str, None] = {}
+    while heap and len(kept) < cap:
+        neg_p, s = pop(heap)
+        if s in kept:
+            continue
+        kept[s] = None
+        st = states[s]
+        out = st.out
+        if out:
+            total = st.succ + st.fail + sum(out.values())
+            for v, c in out.items():
+                if v not in kept:
+                    push(heap, (neg_p * c / total, v))
+    return list(kept)
+
+
+def solve(states: Mapping[str, State], names: list[str], prior: float,
+          discount: float) -> dict[str, float]:
+    """P(success | start at s) for the states of ``names`` (a neighbourhood) that reach an
+    observed absorption inside it; the others carry no information here, and leaving them out
+    makes ``I - Q`` invertible. Empty if LAPACK still finds it singular.
+
+    The arithmetic (order of operations included) is the one the published values were first
+    computed with: a faster rewrite must not move a probability across a rounding boundary.
+    """
+    inside = set(names)
+    informed = {s for s in names if states[s].succ or states[s].fail}
+    stack = list(informed)
+    while stack:
+        for p in states[stack.pop()].preds:
+            if p in inside and p not in informed:
+                informed.add(p)
+                stack.append(p)
+    if len(informed) < len(names):
+        names = [s for s in names if s in informed]
+    n = len(names)
+    index = {s: i for i, s in enumerate(names)}.get
+    sts = [states[s] for s in names]
+    rows: list[int] = []
+    cols: list[int] = []
+    counts: list[int] = []
+    for i, st in enumerate(sts):
+        for v, c in st.out.items():
+            j = index(v)
+            if j is not None:
+                rows.append(i)
+                cols.append(j)
+                counts.append(c)
+    # The arithmetic in numpy, element by element the same IEEE operations in the same order
+    # as the per-row Python loop it replaces (counts are exact in float64):
+    # total = succ + fail + prior + kept counts; Q = discount * c / total; R = (succ + prior/2)
+    # / total.
+    succ = np.array([st.succ for st in sts], dtype=float)
+    fail = np.array([st.fail for st in sts], dtype=float)
+    row = np.array(rows, dtype=np.intp)
+    total = (succ + fail + prior) + np.bincount(row, np.array(counts, dtype=float), n)
+    a = np.eye(n)
+    a[row, cols] -= discount * np.array(counts, dtype=float) / total[row]  # I - Q
+    r = (succ + prior / 2) / total
+    try:
+        b = np.linalg.solve(a, r)
+    except np.linalg.LinAlgError:  # not expected (see above); the caller keeps its decisions
+        return {}
+    # Rounded so that decisions do not depend on the last bits of the LAPACK build.
+    return {s: round(x, 9) for s, x in zip(names, b.tolist(), strict=True)}
