@@ -36,6 +36,7 @@ from topologies.rewriting import GlobalRewriteProcessor, PersonalRewrites
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
 faust_fixes.install_recovery_seek_fix()
+faust_fixes.install_fetch_max_wait(settings.fetch_max_wait_ms)
 
 
 def faust_config(s: Settings) -> dict[str, Any]:
@@ -149,7 +150,10 @@ async def mine(stream: faust.StreamT) -> None:
     await _run(stream, global_rewrites)
 
 
-app.on_startup_finished = faust_fixes.stop_debug_logging_after_startup
+@app.task
+async def _stop_debug_logging() -> None:
+    # A task, not app.on_startup_finished: Faust's Worker takes that slot for itself.
+    await faust_fixes.stop_debug_logging_after_startup()
 
 
 @app.on_before_shutdown.connect
