@@ -17,7 +17,9 @@ from topologies.processors import (
     DeviceProcessor,
     Message,
     RateProcessor,
+    coalesce,
     decode,
+    expand_chains,
     expand_rate_updates,
     partition_of,
 )
@@ -250,13 +252,15 @@ def test_one_rate_update_record_per_key_and_one_estimate_per_key_per_batch(lines
         source = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
         single += [o for o in processor.engine(msg.partition).process(msg.value, source)
                    if o.stream == RATE_UPDATES]
-    coalesced = [o for o in DeviceProcessor(settings, {}).process(batch)
-                 if o.stream == RATE_UPDATES]
+    outputs = DeviceProcessor(settings, {}, chains=PersonalRewrites(settings, {})).process(batch)
+    coalesced = [o for o in outputs if o.stream == RATE_UPDATES]
     assert len(coalesced) == len({o.key for o in coalesced}) < len(single) / 2
     by_key: dict[str, list] = {}
     for o in single:
         by_key.setdefault(o.key, []).append(o.record)
     assert {o.key: expand_rate_updates(o.record) for o in coalesced} == by_key
+    (chains,) = [o for o in outputs if o.stream == CHAINS]
+    assert len(expand_chains(chains.record)) > 500
 
     messages = [Message(o.key.encode(), orjson.dumps(o.record), 0, n)
                 for n, o in enumerate(coalesced)]
@@ -267,3 +271,25 @@ def test_one_rate_update_record_per_key_and_one_estimate_per_key_per_batch(lines
         key_type, key = o.key.split(":", 1)
         assert o.record == RateStage.record(key_type, key, rates.stage.get(key_type, key))
         assert o.record["plays"] == len(by_key[o.key])
+
+
+def test_merged_records_are_capped_and_keep_order(monkeypatch):
+    """However large the batch, a merged record holds at most MAX_MERGED items (Kafka's
+    message size), and a key's records come out in the order of their items."""
+    from stream.records import Output
+    from topologies import processors
+
+    monkeypatch.setattr(processors, "MAX_MERGED", 3)
+    outputs = [Output(RATE_UPDATES, f"intent:{k}", {"key_type": "intent", "key": k,
+                                                    "defective": False, "ts": n,
+                                                    "event_id": f"e{n}"})
+               for n, k in enumerate("aaaaaaaba")]
+    outputs += [Output(CHAINS, "d", {"event_ids": [f"c{n}"]}) for n in range(4)]
+    merged = coalesce(outputs)
+    sizes = [(o.key, len(o.record.get("updates") or o.record["chains"])) for o in merged]
+    assert sorted(sizes) == sorted([("intent:a", 3), ("intent:a", 3), ("intent:a", 2),
+                                    ("intent:b", 1), (CHAINS, 3), (CHAINS, 1)])
+    a = [u["ts"] for o in merged if o.key == "intent:a" for u in o.record["updates"]]
+    assert a == [0, 1, 2, 3, 4, 5, 6, 8]
+    assert [c["event_ids"][0] for o in merged if o.key == CHAINS
+            for c in expand_chains(o.record)] == ["c0", "c1", "c2", "c3"]

@@ -16,7 +16,7 @@ from kafka.partitioner.default import murmur2
 
 from stream.engine import DeviceEngine
 from stream.rates import DefectRateTracker, RateStage
-from stream.records import DEFECT_RATES, RATE_UPDATES, Output
+from stream.records import CHAINS, DEFECT_RATES, RATE_UPDATES, Output
 from stream.settings import Settings
 from stream.stats import EngineStats
 
@@ -94,26 +94,44 @@ def watermark_key(partition: int, partitions: int) -> str:
     return key
 
 
-def coalesce_rate_updates(outputs: list[Output]) -> list[Output]:
-    """One ``rate-updates`` record per key instead of one per finalised turn: ``updates``
-    holds the turns' updates in order. Most of a batch's updates go to a few busy keys
-    (intents, domains, device types, popular utterances), and every record costs a produce,
-    a fetch and a trip through Faust's per-message machinery."""
-    merged: dict[str, Output] = {}
+MAX_MERGED = 1_000
+"""Items per merged record: keeps a record far below Kafka's 1 MiB default message size
+(~100-200 bytes per item) whatever the batch size."""
+
+
+def coalesce(outputs: list[Output]) -> list[Output]:
+    """A batch's internal records, merged: one ``rate-updates`` record per key instead of one
+    per finalised turn (``updates`` holds the turns' updates in order), and one
+    ``rephrase-chains`` record (``chains``, in order) instead of one per chain, each with at
+    most ``MAX_MERGED`` items. Most of a batch's updates go to a few busy keys (intents,
+    domains, device types, popular utterances), nearly every turn ends a chain, and every
+    record costs a produce, a fetch and a trip through Faust's per-message machinery."""
     rest: list[Output] = []
+    full: list[Output] = []
+    merged: dict[str, Output] = {}
     for out in outputs:
-        if out.stream != RATE_UPDATES:
+        if out.stream == CHAINS:
+            key, field, item = CHAINS, "chains", out.record
+            header: dict[str, Any] = {}
+        elif out.stream == RATE_UPDATES:
+            key, field, item = out.key, "updates", dict(out.record)
+            header = {"key_type": item.pop("key_type"), "key": item.pop("key")}
+        else:
             rest.append(out)
             continue
-        update = dict(out.record)
-        key_type, key = update.pop("key_type"), update.pop("key")
-        group = merged.get(out.key)
-        if group is None:
-            merged[out.key] = Output(RATE_UPDATES, out.key,
-                                     {"key_type": key_type, "key": key, "updates": [update]})
-        else:
-            group.record["updates"].append(update)
-    return rest + list(merged.values())
+        group = merged.get(key)
+        if group is None or len(group.record[field]) >= MAX_MERGED:
+            if group is not None:
+                full.append(group)  # published before the key's next group: order kept
+            group = merged[key] = Output(out.stream, key, {**header, field: []})
+        group.record[field].append(item)
+    return rest + full + list(merged.values())
+
+
+def expand_chains(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chains of a (possibly merged) ``rephrase-chains`` record."""
+    chains = record.get("chains")
+    return [record] if chains is None else chains
 
 
 def expand_rate_updates(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -198,7 +216,7 @@ class DeviceProcessor:
             outputs += eng.process(msg.value, source)
         if self.chains is not None:
             outputs += self.chains.learn(outputs)
-        return coalesce_rate_updates(outputs)
+        return coalesce(outputs)
 
     def commit(self) -> None:
         """Write the state the last batches changed to the table: call it after their outputs

@@ -5,7 +5,8 @@ single-partition stage.
   device's ``RewriteMiner`` runs there, its state in the ``personal-rewrites`` table (device id
   -> miner snapshot), co-partitioned with the input and written once per changed device per
   batch.
-- **Global**: every chain also goes to the ``rephrase-chains`` topic, which has ONE partition:
+- **Global**: every chain also goes to the ``rephrase-chains`` topic (one record per stage-1
+  batch holding its chains), which has ONE partition:
   transitions are far fewer than events (one record per finished chain), and the absorbing chain
   needs all of them in one place. Its state is one snapshot in the ``global-rewrites`` table,
   written after every batch together with the source positions of the chains applied
@@ -27,7 +28,7 @@ from stream.records import CHAINS, Output
 from stream.rewrites import RewriteMiner
 from stream.settings import Settings
 from stream.stats import EngineStats
-from topologies.processors import Message, decode, first_application
+from topologies.processors import Message, decode, expand_chains, first_application
 
 GLOBAL_KEY = "global"
 
@@ -124,12 +125,12 @@ class GlobalRewriteProcessor:
         miner = self._load()
         outputs: list[Output] = []
         for msg in batch:
-            chain = orjson.loads(msg.value)
-            if not first_application(self.applied, chain, msg.offset):
-                self.skipped += 1
-                continue
-            outputs += miner.learn_one(chain)
-            self.learned += 1
+            for chain in expand_chains(orjson.loads(msg.value)):
+                if not first_application(self.applied, chain, msg.offset):
+                    self.skipped += 1
+                    continue
+                outputs += miner.learn_one(chain)
+                self.learned += 1
         return outputs
 
     def commit(self) -> None:
