@@ -219,6 +219,26 @@ def test_cli_produce_creates_topic_and_reads_stdin(broker: EmbeddedBroker, uniqu
     assert run_cli("produce", "--help").stdout.decode().count("watermark") >= 1
 
 
+def test_read_of_a_topic_being_written_stops_after_max_s(broker: EmbeddedBroker,
+                                                         unique_topic) -> None:
+    """Without ``max_s`` a read waits for ``timeout_s`` without new records, which never
+    comes while a producer keeps writing; with it the read is a snapshot."""
+    import threading
+
+    topic = unique_topic("busy")
+    create_topics(broker.bootstrap, {topic: 1})
+    lines = events(100) * 40  # 4,000 records at 500/s: 8 s of writing
+    writer = threading.Thread(target=produce_file, args=(lines, broker.bootstrap, topic),
+                              kwargs={"rate": 500, "progress": False}, daemon=True)
+    writer.start()
+    time.sleep(1.5)
+    started = time.monotonic()
+    records = read_topic(broker.bootstrap, topic, timeout_s=0.5, max_s=1.0)
+    took = time.monotonic() - started
+    assert writer.is_alive() and 0 < len(records) < len(lines) and took < 4, (took, len(records))
+    writer.join(30)
+
+
 def test_produce_to_missing_topic_or_file_is_a_clear_error(broker: EmbeddedBroker,
                                                            tmp_path: Path) -> None:
     with pytest.raises(KafkaIOError, match="does not exist"):

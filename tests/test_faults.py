@@ -76,7 +76,7 @@ def consumed(settings: Settings) -> float | None:
 def plays_so_far(settings: Settings) -> int:
     """Updates counted by the defect-rate estimates published so far."""
     return plays_counted([orjson.loads(r.value) for r in read_topic(
-        settings.bootstrap_servers, settings.topic(DEFECT_RATES), timeout_s=0.3)])
+        settings.bootstrap_servers, settings.topic(DEFECT_RATES), timeout_s=0.3, max_s=1.0)])
 
 
 def check_final_rates(got: list[dict], expected: list[dict]) -> None:

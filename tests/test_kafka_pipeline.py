@@ -169,7 +169,8 @@ def _wait_for_plays(settings: Settings, at_least: int, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while True:
         n = plays_counted([orjson.loads(r.value) for r in read_topic(
-            settings.bootstrap_servers, settings.topic(DEFECT_RATES), timeout_s=1.0)])
+            settings.bootstrap_servers, settings.topic(DEFECT_RATES), timeout_s=1.0,
+            max_s=2.0)])
         if n >= at_least or time.monotonic() > deadline:
             return n
         time.sleep(0.5)

@@ -115,6 +115,7 @@ async def read_topic_async(
     *,
     timeout_s: float = 5.0,
     expected: int | None = None,
+    max_s: float | None = None,
     **security: str,
 ) -> list[TopicRecord]:
     """Async form of :func:`read_topic`."""
@@ -133,8 +134,10 @@ async def read_topic_async(
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        last_new = time.monotonic()
+        last_new = started = time.monotonic()
         while expected is None or len(records) < expected:
+            if max_s is not None and time.monotonic() - started >= max_s:
+                break
             batches = await consumer.getmany(timeout_ms=100)
             got = 0
             for tp, messages in batches.items():
@@ -156,13 +159,15 @@ def read_topic(
     *,
     timeout_s: float = 5.0,
     expected: int | None = None,
+    max_s: float | None = None,
     **security: str,
 ) -> list[TopicRecord]:
     """Every record of ``topic`` from the beginning, without a consumer group.
 
-    Stops when ``expected`` records were read or nothing new arrived for ``timeout_s``: end
-    offsets from this broker are wrong, so they are not used. Records of one partition are in
-    offset order.
+    Stops when ``expected`` records were read, nothing new arrived for ``timeout_s`` (end
+    offsets from this broker are wrong, so they are not used), or after ``max_s`` seconds of
+    reading (a snapshot of a topic that is being written all the time). Records of one
+    partition are in offset order.
     """
     return asyncio.run(read_topic_async(bootstrap, topic, timeout_s=timeout_s,
-                                        expected=expected, **security))
+                                        expected=expected, max_s=max_s, **security))
