@@ -74,28 +74,39 @@ class DeviceStage:
             return status
         out: list[Output] = []
         self._finalize_device(st, st.watermark - self.s.rephrase_window_ms, out)
-        prev = st.pending[-1] if st.pending else None
         new = TurnState(
             turn.event_id, turn.ts, turn.utterance, turn.norm, turn.intent, turn.domain,
             turn.device_type, turn.asr_confidence, turn.nlu_confidence, turn.tts_end_ts,
             turn.barge_in_ts, chain=[turn.event_id], chain_norms=[turn.norm],
         )
+        # A turn that arrives late (within the allowed lateness) takes its place in event
+        # time: pending stays sorted by ts, and the turns around it are its neighbours.
+        pending = st.pending
+        at = len(pending)
+        while at and pending[at - 1].ts > turn.ts:
+            at -= 1
+        prev = pending[at - 1] if at else None
+        later = pending[at] if at < len(pending) else None
         if prev is not None and prev.barge_in is None and barge_in_source(prev, turn.ts):
             self._barge_in(st, prev, "timing", out)
         if turn.barge_in_ts is not None:
             self._barge_in(st, new, "device", out)
+        elif later is not None and barge_in_source(new, later.ts):
+            self._barge_in(st, new, "timing", out)
         new.stop_turn = is_stop_phrase(turn.norm)
         if new.stop_turn:
             if (prev is not None and not prev.stop_turn
                     and 0 <= turn.ts - prev.ts <= self.s.stop_followup_ms):
                 prev.add_signal("stop_followup")
         else:
-            self._match_rephrase(st, new, turn, out)
+            self._match_rephrase(st, new, out)
         if turn.intent in UNKNOWN_INTENTS or (
             turn.nlu_confidence is not None and turn.nlu_confidence < self.s.low_nlu_confidence
         ):
             self._unknown_concept(st, new, out)
-        st.pending.append(new)
+        pending.insert(at, new)
+        if later is not None and not new.stop_turn:
+            self._match_later_rephrase(st, new, at, out)
         heapq.heappush(self._deadlines,
                        (turn.ts + self.s.rephrase_window_ms, turn.device_id, turn.event_id))
         self._advance(turn.ts - self.s.allowed_lateness_ms, out)
@@ -243,40 +254,79 @@ class DeviceStage:
             "intent": turn.intent, "ts": turn.ts, "source": source,
         }))
 
-    def _match_rephrase(self, st: DeviceState, new: TurnState, turn: Turn,
-                        out: list[Output]) -> None:
+    def _rephrase_score(self, orig: TurnState, turn: TurnState) -> float:
+        x = self.scorer.features(orig, turn.norm, turn.intent, turn.ts - orig.ts, turn.domain)
+        return self.scorer.predict_proba_one(x)[True]
+
+    def _match_rephrase(self, st: DeviceState, new: TurnState, out: list[Output]) -> None:
+        """Link ``new`` to the earlier pending turn it most likely restates."""
         best: tuple[float, TurnState] | None = None
         for cand in reversed(st.pending):
-            gap = turn.ts - cand.ts
+            gap = new.ts - cand.ts
             if gap > self.s.rephrase_window_ms:
                 break
             if gap < 0 or cand.stop_turn or cand.rephrased_by is not None:
                 continue
-            x = self.scorer.features(cand, turn.norm, turn.intent, gap, turn.domain)
-            p = self.scorer.predict_proba_one(x)[True]
+            p = self._rephrase_score(cand, new)
             if p >= self.scorer.threshold and (best is None or p > best[0]):
                 best = (p, cand)
-        if best is None:
-            return
-        score, orig = best
+        if best is not None:
+            self._link(st, best[1], new, best[0], out)
+
+    def _match_later_rephrase(self, st: DeviceState, new: TurnState, at: int,
+                              out: list[Output]) -> None:
+        """A late ``new`` (at index ``at`` of pending) as the original of a later turn that
+        arrived before it and is not a rephrase of anything yet. Links already made are
+        kept: records are never withdrawn."""
+        best: tuple[float, TurnState] | None = None
+        for cand in st.pending[at + 1:]:
+            if cand.ts - new.ts > self.s.rephrase_window_ms:
+                break
+            if cand.stop_turn or cand.rephrase_of is not None:
+                continue
+            p = self._rephrase_score(new, cand)
+            if p >= self.scorer.threshold and (best is None or p > best[0]):
+                best = (p, cand)
+        if best is not None:
+            self._link(st, new, best[1], best[0], out)
+
+    def _link(self, st: DeviceState, orig: TurnState, new: TurnState, score: float,
+              out: list[Output]) -> None:
+        """``new`` rephrases ``orig``: ``orig`` is defective and the chain grows. ``new`` may
+        already head a chain of its own (a late ``orig``): every turn of it gets the prefix."""
         orig.rephrased_by = new.event_id
         orig.add_signal("rephrased")
         new.rephrase_of = orig.event_id
-        new.chain = orig.chain + [new.event_id]
-        new.chain_norms = orig.chain_norms + [new.norm]
-        new.repeat_flagged = orig.repeat_flagged
+        tip = new
+        flagged = orig.repeat_flagged
+        for turn in self._chain_from(st, new):
+            turn.chain = orig.chain + turn.chain
+            turn.chain_norms = orig.chain_norms + turn.chain_norms
+            flagged = flagged or turn.repeat_flagged
+            tip = turn
         self.stats.signals["rephrase"] += 1
         out.append(Output(REPHRASES, new.event_id, {
             "event_id": new.event_id, "rephrase_of": orig.event_id, "device_id": st.device_id,
             "utterance": new.utterance, "original_utterance": orig.utterance,
-            "gap_ms": turn.ts - orig.ts, "score": round(score, 4),
+            "gap_ms": new.ts - orig.ts, "score": round(score, 4),
         }))
-        if len(new.chain) >= self.s.teach_repeat_count and not new.repeat_flagged:
-            new.repeat_flagged = True
-            root = orig.chain[0]
-            root_turn = st.find_pending(root)
-            self._teachable(st.device_id, "repeated_request", list(new.chain),
-                            root_turn.utterance if root_turn else orig.utterance, turn.ts, out)
+        for turn in self._chain_from(st, new):
+            turn.repeat_flagged = flagged
+        if len(tip.chain) >= self.s.teach_repeat_count and not flagged:
+            for turn in self._chain_from(st, new):
+                turn.repeat_flagged = True
+            root_turn = st.find_pending(orig.chain[0])
+            self._teachable(st.device_id, "repeated_request", list(tip.chain),
+                            root_turn.utterance if root_turn else orig.utterance, tip.ts, out)
+
+    @staticmethod
+    def _chain_from(st: DeviceState, turn: TurnState | None) -> list[TurnState]:
+        """``turn`` and the pending turns that rephrase it, in chain order."""
+        chain = []
+        while turn is not None:
+            chain.append(turn)
+            turn = st.find_pending(turn.rephrased_by) if turn.rephrased_by else None
+        return chain
 
     def _unknown_concept(self, st: DeviceState, new: TurnState, out: list[Output]) -> None:
         horizon = new.ts - self.s.teach_window_ms

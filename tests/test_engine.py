@@ -233,3 +233,63 @@ def test_every_signal_record_is_counted_by_kind():
         assert eng.stats.signals[kind] == len(streams.get(stream, [])), kind
     assert streams["rewrite-triggers"]
     assert sum(eng.stats.failure_points.values()) == len(streams["defects"])
+
+
+def canonical_records(out: dict) -> dict:
+    """Records per stream as sorted JSON (arrival order and dict order aside)."""
+    import orjson
+
+    return {name: sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records)
+            for name, records in out.items()}
+
+
+CHAIN = [turn("a", 0, "play harry potter", tts_end_ts=6_000),
+         turn("b", 5_000, "play harry potter please"),
+         turn("c", 10_000, "play the harry potter audiobook"),
+         turn("d", 15_000, "play harry potter audiobook"),
+         turn("e", 70_000, "what time is it")]
+
+
+@pytest.mark.parametrize("order", [
+    "bacde",  # the original after its rephrase (and barged-in by it, by timing)
+    "bcade",  # the root of a chain after the rest: the chain and its teachable moment
+    "abcde",  # in order (the reference itself)
+], ids=lambda order: order)
+def test_out_of_order_turns_within_lateness_give_the_in_order_records(order):
+    """The chain has rephrases, a barge-in by timing and a teachable moment.
+
+    Turns of a device arriving out of order (within the allowed lateness) are placed in
+    event time: rephrases in either direction, chains (and their teachable moment) built
+    across the late turn, barge-ins by timing against the turn's true neighbours.
+
+    Records already emitted are never withdrawn, so arrival order still matters where it
+    makes a different link or moment first: in "acb..." c rephrases a before b arrives
+    (in order: b rephrases a, c rephrases b), and in "bcda..." the chain b-c-d is already a
+    repeated request before a arrives. A turn that is already final (its device's newest
+    event is a rephrase window past it) is not linked to a late one either."""
+    assert_same_records(CHAIN, [CHAIN["abcde".index(x)] for x in order])
+
+
+def test_late_rephrase_after_an_unrelated_later_turn():
+    a, x, b = (turn("a", 0, "play jazz", tts_end_ts=3_000), turn("x", 20_000, "what time is it"),
+               turn("b", 10_000, "play jazz music"))
+    assert_same_records([a, b, x], [a, x, b])
+
+
+def assert_same_records(in_order_events: list, shuffled_events: list) -> None:
+    in_order, shuffled = run(*in_order_events), run(*shuffled_events)
+    assert in_order["rephrases"] and in_order["defects"]
+    want, got = canonical_records(in_order), canonical_records(shuffled)
+    for name in want.keys() | got.keys():
+        if name != "defect-rates":  # intermediate estimates follow finalisation order
+            assert got.get(name) == want.get(name), name
+    final = {(r["key_type"], r["key"]): r for r in in_order["defect-rates"]}
+    assert {(r["key_type"], r["key"]): r for r in shuffled["defect-rates"]} == final
+
+
+def test_out_of_order_arrival_was_linked_in_arrival_order_only_before():
+    """The case that motivated event-time placement: the original turn arriving after its
+    rephrase used to stay unlinked (no rephrase, no defect)."""
+    out = run(turn("b", 5_000, "play harry potter please"), turn("a", 0, "play harry potter"))
+    assert [(r["event_id"], r["rephrase_of"]) for r in out["rephrases"]] == [("b", "a")]
+    assert [d["event_id"] for d in out["defects"]] == ["a"]
