@@ -115,12 +115,30 @@ class RateStage:
         self.drift = DefectRateDrift(min_plays=s.drift_min_plays, max_keys=s.drift_max_keys,
                                      delta=s.drift_delta, stats_=self.stats)
 
-    def apply(self, update: dict[str, Any]) -> list[Output]:
-        """The new estimate of the update's key, and a drift alert if its rate changed."""
-        return [self._count(update), *self.drift.learn_one(update)]
+    def apply(self, update: dict[str, Any], estimate: bool = True) -> list[Output]:
+        """The new estimate of the update's key, and a drift alert if its rate changed.
 
-    def _count(self, update: dict[str, Any]) -> Output:
+        With ``estimate=False`` only the alerts: a caller that publishes one estimate per key
+        per batch asks ``estimate`` once per changed key at the end of the batch instead, so
+        the credible interval (most of this stage's cost) is not computed for every update.
+        """
         key_type, key = update["key_type"], update["key"]
+        rkey, tracker = self._count(key_type, key, update)
+        alerts = self.drift.learn_one(update)
+        if not estimate:
+            return alerts
+        return [Output(DEFECT_RATES, rkey, self.record(key_type, key, tracker)), *alerts]
+
+    def estimate(self, key_type: str, key: str) -> Output | None:
+        """The key's current ``defect-rates`` record (None when it is not tracked)."""
+        tracker = self.trackers[key_type].get(key)
+        if tracker is None:
+            return None
+        return Output(DEFECT_RATES, rate_key(key_type, key), self.record(key_type, key, tracker))
+
+    def _count(self, key_type: str, key: str,
+               update: dict[str, Any]) -> tuple[str, DefectRateTracker]:
+        """Counts the update; (rate key, tracker)."""
         table = self.trackers[key_type]
         tracker = table.get(key)
         if tracker is None:
@@ -134,7 +152,7 @@ class RateStage:
         tracker.update(update["defective"], update["ts"])
         rkey = rate_key(key_type, key)
         self.changes.touch(rkey)
-        return Output(DEFECT_RATES, rkey, self.record(key_type, key, tracker))
+        return rkey, tracker
 
     @staticmethod
     def record(key_type: str, key: str, tracker: DefectRateTracker) -> dict[str, Any]:

@@ -62,3 +62,17 @@ def test_record_estimate_is_the_rounded_tracker_estimate() -> None:
         rec = RateStage.record("intent", "PlayMusic", t)
         assert (rec["rate"], rec["low"], rec["high"]) == want
     assert posterior_mean(1, 4) == pytest.approx(1 / 3)
+
+
+def test_apply_without_estimate_then_estimate_per_key() -> None:
+    updates = [{"key_type": kt, "key": k, "defective": i % 3 == 0, "ts": 1_000 + i,
+                "event_id": f"e{i}"}
+               for i, (kt, k) in enumerate([("intent", "PlayMusic"), ("utterance", "play jazz")]
+                                           * 40)]
+    eager, batched = RateStage(), RateStage()
+    eager_out = [out for u in updates for out in eager.apply(u)]
+    assert [out for u in updates for out in batched.apply(u, estimate=False)] == [
+        out for out in eager_out if out.stream != "defect-rates"]
+    last = {out.key: out for out in eager_out if out.stream == "defect-rates"}
+    assert {k: batched.estimate(*k.split(":", 1)) for k in last} == last
+    assert batched.estimate("intent", "Unknown") is None
