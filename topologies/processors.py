@@ -16,7 +16,7 @@ from kafka.partitioner.default import murmur2
 
 from stream.engine import DeviceEngine
 from stream.rates import DefectRateTracker, RateStage
-from stream.records import CHAINS, DEFECT_RATES, RATE_UPDATES, Output
+from stream.records import CHAINS, RATE_UPDATES, Output
 from stream.settings import Settings
 from stream.stats import EngineStats
 
@@ -143,20 +143,6 @@ def expand_rate_updates(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"key_type": key_type, "key": key, **update} for update in updates]
 
 
-def latest_per_key(outputs: list[Output], stream: str) -> list[Output]:
-    """``outputs`` with only the last record per key of ``stream`` (a compacted topic, whose
-    readers keep only the last anyway), those at the end."""
-    latest: dict[str, Output] = {}
-    rest: list[Output] = []
-    for out in outputs:
-        if out.stream == stream:
-            latest.pop(out.key, None)
-            latest[out.key] = out
-        else:
-            rest.append(out)
-    return rest + list(latest.values())
-
-
 class ChainLearner(Protocol):
     def learn(self, outputs: list[Output]) -> list[Output]: ...
 
@@ -279,6 +265,7 @@ class RateProcessor:
 
     def process(self, batch: Iterable[Message]) -> list[Output]:
         outputs: list[Output] = []
+        changed: dict[str, tuple[str, str]] = {}
         for msg in batch:
             record: dict[str, Any] = orjson.loads(msg.value)
             rkey = f"{record['key_type']}:{record['key']}"
@@ -287,12 +274,17 @@ class RateProcessor:
                 applied = self._load(rkey)
             for update in expand_rate_updates(record):
                 if first_application(applied, update, msg.offset):
-                    outputs += self.stage.apply(update)
+                    outputs += self.stage.apply(update, estimate=False)
+                    changed[rkey] = (record["key_type"], record["key"])
                 else:
                     self.skipped += 1
-        # One estimate per key per batch: the topic is compacted, and the in-between
-        # estimates would multiply the records produced by ~3.5 per input event.
-        return latest_per_key(outputs, DEFECT_RATES)
+        # One estimate per changed key per batch: the topic is compacted, and estimates in
+        # between would multiply the records produced (and the intervals computed).
+        for key_type, key in changed.values():
+            estimate = self.stage.estimate(key_type, key)
+            if estimate is not None:  # None: evicted again within the batch
+                outputs.append(estimate)
+        return outputs
 
     def commit(self) -> None:
         """Write changed estimates to the table (after the outputs were acknowledged)."""
