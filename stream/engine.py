@@ -115,7 +115,8 @@ def rewrite_configs(s: Settings) -> tuple[RewriteConfig, RewriteConfig]:
     base = RewriteConfig(min_support=s.rewrite_min_support,
                          min_p_success=s.rewrite_min_p_success, min_gain=s.rewrite_min_gain,
                          max_states=s.rewrite_max_states,
-                         max_neighbourhood=s.rewrite_max_neighbourhood)
+                         max_neighbourhood=s.rewrite_max_neighbourhood,
+                         decide_every=s.rewrite_decide_every)
     return base, dataclasses.replace(base, max_states=s.rewrite_personal_max_states)
 
 
@@ -146,4 +147,6 @@ class FeedbackEngine:
         return self._chain(self.stage1.process(raw, source))
 
     def flush(self) -> list[Output]:
-        return self._chain(self.stage1.flush())
+        """End of stream: finalise every turn, then publish the rewrite decisions still
+        pending (``rewrite_decide_every`` > 1)."""
+        return self._chain(self.stage1.flush()) + self.rewrites.decide()

@@ -149,6 +149,37 @@ def load(states: dict[str, State], rows: Iterable[list], min_support: int) -> No
             other.supporters.add(u)
 
 
+def affected(states: Mapping[str, State], published: Mapping[str, object], seeds: list[str],
+             limit: int, visit_cap: int) -> list[str]:
+    """Up to ``limit`` rewrite candidates (a strong support entry, or a published rewrite)
+    among the seeds and the states that can reach them (at most ``visit_cap`` visited),
+    nearest and most traversed first. The search stops once ``limit`` candidates are found:
+    later ones would come after them in this order anyway (the hot path for popular
+    utterances with many predecessors)."""
+    seen = dict.fromkeys(seeds)
+    # the candidate test inlined here and below: this loop is the miner's hottest
+    found = [u for u in seen if states[u].strong or u in published]
+    frontier = list(seen)
+    while frontier and len(seen) < visit_cap and len(found) < limit:
+        nxt: list[str] = []
+        for v in frontier:
+            room = visit_cap - len(seen)
+            if room <= 0:  # the visit cap is reached: nothing more is visited
+                break
+            new = [p for p in states[v].preds if p not in seen]
+            if len(new) > 1:
+                new.sort(key=lambda p, v=v: (-states[p].out[v], p))
+            for p in new[:room]:
+                seen[p] = None
+                nxt.append(p)
+                if states[p].strong or p in published:
+                    found.append(p)
+                    if len(found) == limit:  # what follows would be cut off anyway
+                        return found
+        frontier = nxt
+    return found[:limit]
+
+
 def neighbourhood(states: Mapping[str, State], sources: Iterable[str], cap: int) -> list[str]:
     """Up to ``cap`` states reachable from ``sources``, most probable path first."""
     heap = [(-1.0, s) for s in sorted(set(sources)) if s in states]

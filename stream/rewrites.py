@@ -29,6 +29,12 @@ Modelling choices (and their limits):
   most ``max_neighbourhood // 4``, in one solve; one left out keeps its decision until a chain
   touches it. **Hysteresis**: a published rewrite is withdrawn or replaced only when it misses
   a threshold, or another beats it, by more than ``hysteresis`` (no flapping at a threshold).
+- **Batched decisions** (``decide_every`` N > 1, opt-in): ``learn_one`` only counts the chain;
+  every N chains, and on ``decide()``, what those chains affect is re-decided once per
+  utterance against the counts of all of them (chains in learning order, records with the
+  last chain's ``ts``): a popular utterance is solved once, not once per chain; triggers come
+  up to N chains late. Evictions still withdraw at once. Pending work is not snapshotted:
+  ``decide()`` before ``to_dict`` (which refuses otherwise).
 - **Memory**: at most ``max_states`` states (least recently seen evicted with their edges and
   support; a rewrite from or to an evicted state is withdrawn), counted in ``evictions``. A
   state's containers exist only once they hold something (``stream.markov.State``): most
@@ -81,10 +87,15 @@ class RewriteConfig:
     """Value of a success one rephrase later (1: plain absorption probabilities)."""
     hysteresis: float = 0.05
     """A published rewrite is kept while within this of the thresholds and of the best."""
+    decide_every: int = 1
+    """Chains learned between two re-decisions of the affected utterances; 1 = after every
+    chain (default)."""
 
     def __post_init__(self) -> None:
         if self.min_support < 1 or self.max_states < 2 or self.max_neighbourhood < 2:
             raise ValueError("min_support >= 1, max_states >= 2, max_neighbourhood >= 2")
+        if self.decide_every < 1:
+            raise ValueError("decide_every >= 1")
         if not 0.0 < self.discount <= 1.0 or self.prior < 0.0 or self.hysteresis < 0.0:
             raise ValueError("0 < discount <= 1, prior >= 0, hysteresis >= 0")
 
@@ -114,11 +125,32 @@ class RewriteMiner:
         self.states: OrderedDict[str, State] = OrderedDict()
         self.published: dict[str, dict[str, Any]] = {}
         self.evictions = 0
+        # decide_every > 1: the chains learned since the last decision (the seeds of the search
+        # for affected utterances; a repeated chain adds nothing: decisions use the counts at
+        # decision time), their number and the last ts.
+        self._pending: dict[tuple[str, ...], None] = {}
+        self._since = 0
+        self._pending_ts = 0
 
     # -- learning --------------------------------------------------------------------------------
     def learn_one(self, chain: Mapping[str, Any]) -> list[Output]:
-        """Count one finished chain, re-decide what it affects; returns rewrite-trigger records."""
+        """Count one finished chain, re-decide what it affects (with ``decide_every`` N > 1:
+        what the last N chains affect, every N chains); returns rewrite-trigger records."""
         return self._learn(*_parse_chain(chain))
+
+    def decide(self) -> list[Output]:
+        """Re-decide what the chains learned since the last decision affect (nothing to do
+        with ``decide_every`` 1); returns rewrite-trigger records. Nothing is pending after."""
+        out: list[Output] = []
+        pending, self._pending, self._since = self._pending, {}, 0
+        decided: set[str] = set()
+        for seeds in pending:
+            # An evicted utterance has nothing left to decide: its rewrites, and those to it,
+            # were withdrawn when it was evicted (as with decide_every 1).
+            live = [u for u in seeds if u in self.states]
+            if live:
+                self._decide_seeds(live, self._pending_ts, out, decided)
+        return out
 
     def _learn(self, utts: list[str], success: bool, ts: int) -> list[Output]:
         """``learn_one`` of a chain ``_parse_chain`` accepted."""
@@ -141,12 +173,33 @@ class RewriteMiner:
         out: list[Output] = []
         while len(states) > self.config.max_states:
             self._evict(next(iter(states)), ts, out)
-        sources = self._affected(utts, max(1, self.config.max_neighbourhood // 4))
+        decide_every = self.config.decide_every
+        if decide_every == 1:
+            self._decide_seeds(utts, ts, out, None)
+            return out
+        self._pending[tuple(utts)] = None
+        self._pending_ts = ts
+        self._since += 1
+        if self._since >= decide_every:
+            out += self.decide()
+        return out
+
+    def _decide_seeds(self, seeds: list[str], ts: int, out: list[Output],
+                      decided: set[str] | None) -> None:
+        """Re-decide the candidates among the seeds and the states that reach them (at most
+        ``max_neighbourhood // 4``, ``markov.affected``) in one solve, except those in
+        ``decided`` (already re-decided in this ``decide()`` against the same counts: deciding
+        again could only flip them between two neighbourhood cuts and emit twice)."""
+        cap = self.config.max_neighbourhood
+        sources = markov.affected(self.states, self.published, seeds, max(1, cap // 4),
+                                  _VISIT_FACTOR * cap)
+        if decided is not None:
+            sources = [u for u in sources if u not in decided]
+            decided.update(sources)
         if sources:
             solved = self.solve(sources)
             for u in sources:
                 self._decide(u, solved, ts, out)
-        return out
 
     def _evict(self, x: str, ts: int, out: list[Output]) -> None:
         st = self.states.pop(x)
@@ -161,36 +214,6 @@ class RewriteMiner:
 
     def _is_candidate(self, u: str) -> bool:
         return self.states[u].strong > 0 or u in self.published
-
-    def _affected(self, seeds: list[str], limit: int) -> list[str]:
-        """Up to ``limit`` candidates among the seeds and the states that can reach them,
-        nearest and most traversed first. The search stops once ``limit`` candidates are
-        found: later ones would come after them in this order anyway (the hot path for
-        popular utterances with many predecessors)."""
-        states, published = self.states, self.published
-        visit_cap = _VISIT_FACTOR * self.config.max_neighbourhood
-        seen = dict.fromkeys(seeds)
-        # ``_is_candidate`` inlined here and below: this loop is the miner's hottest
-        found = [u for u in seen if states[u].strong or u in published]
-        frontier = list(seen)
-        while frontier and len(seen) < visit_cap and len(found) < limit:
-            nxt: list[str] = []
-            for v in frontier:
-                room = visit_cap - len(seen)
-                if room <= 0:  # the visit cap is reached: nothing more is visited
-                    break
-                new = [p for p in states[v].preds if p not in seen]
-                if len(new) > 1:
-                    new.sort(key=lambda p, v=v: (-states[p].out[v], p))
-                for p in new[:room]:
-                    seen[p] = None
-                    nxt.append(p)
-                    if states[p].strong or p in published:
-                        found.append(p)
-                        if len(found) == limit:  # what follows would be cut off anyway
-                            return found
-            frontier = nxt
-        return found[:limit]
 
     # -- solving ---------------------------------------------------------------------------------
     def neighbourhood(self, sources: Iterable[str]) -> list[str]:
@@ -268,6 +291,9 @@ class RewriteMiner:
                 "published": len(self.published)}
 
     def to_dict(self, with_config: bool = True) -> dict[str, Any]:
+        """A JSON-able snapshot. Pending decisions are not part of it: ``decide()`` first."""
+        if self._since:
+            raise RuntimeError("pending rewrite decisions: call decide() before to_dict()")
         data: dict[str, Any] = {
             "layer": self.layer, "device_id": self.device_id,
             # ``or {}``: an empty container is a shared read-only sentinel (``markov.State``)
@@ -304,6 +330,10 @@ class PersonalRewriteMiner:
         self.stats = stats_
         self.miners: OrderedDict[str, RewriteMiner] = OrderedDict()  # least recently active first
         self.evictions = 0
+        # decide_every > 1 counts the layer's chains (a device alone rarely has N): devices
+        # with chains since the last decision, in order of their first one, and their number.
+        self._dirty: dict[str, None] = {}
+        self._since = 0
 
     def learn_one(self, chain: Mapping[str, Any]) -> list[Output]:
         utts, success, ts = _parse_chain(chain)  # invalid chains change nothing
@@ -325,6 +355,22 @@ class PersonalRewriteMiner:
             self.evictions += 1
             if self.stats is not None:
                 self.stats.evictions["rewrite_device"] += 1
+        if self.config.decide_every > 1:
+            self._dirty[device_id] = None
+            self._since += 1
+            if self._since >= self.config.decide_every:
+                out += self.decide()
+        return out
+
+    def decide(self) -> list[Output]:
+        """``RewriteMiner.decide`` of every device with chains since the last decision, in
+        order of their first chain (an evicted device's pending work went with it)."""
+        out: list[Output] = []
+        dirty, self._dirty, self._since = self._dirty, {}, 0
+        for device_id in dirty:
+            miner = self.miners.get(device_id)
+            if miner is not None:
+                out += miner.decide()
         return out
 
     def get(self, utterance: str, device_id: str) -> dict[str, Any] | None:
@@ -340,6 +386,9 @@ class PersonalRewriteMiner:
         return sizes
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-able snapshot (``decide()`` first: pending work is not part of it)."""
+        if self._since:
+            raise RuntimeError("pending rewrite decisions: call decide() before to_dict()")
         return {"config": dataclasses.asdict(self.config), "max_devices": self.max_devices,
                 "devices": [m.to_dict(with_config=False) for m in self.miners.values()],
                 "evictions": self.evictions}
@@ -367,6 +416,11 @@ class RewriteLayers:
         utts, success, ts = _parse_chain(chain)  # once for both layers
         return (self.global_._learn(utts, success, ts)
                 + self.personal._learn(chain["device_id"], utts, success, ts))
+
+    def decide(self) -> list[Output]:
+        """Both layers' pending decisions (``decide_every`` > 1): at the end of a stream or
+        batch, and before ``to_dict``."""
+        return self.global_.decide() + self.personal.decide()
 
     def lookup(self, utterance: str, device_id: str | None = None) -> dict[str, Any] | None:
         """The rewrite to apply: the device's own published rewrite if any, else the global one.

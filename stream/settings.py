@@ -57,6 +57,9 @@ class Settings:
     rewrite_max_neighbourhood: int = 64
     rewrite_personal_max_devices: int = 10_000
     rewrite_personal_max_states: int = 1_000
+    rewrite_decide_every: int = 1
+    """Chains learned between two re-decisions of the affected utterances; 1 = after every
+    chain (default)."""
     # --- drift ---
     drift_min_plays: int = 30
     """Plays of a key before its defect rate is watched for drift (ADWIN)."""

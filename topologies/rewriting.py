@@ -70,6 +70,7 @@ class PersonalRewrites:
         A chain re-emitted after a crash (this table was written, the device's state was
         not) is learned once."""
         triggers: list[Output] = []
+        learned: dict[str, None] = {}  # a dict, not a set: deterministic decision order
         for out in outputs:
             if out.stream == CHAINS:
                 device_id = out.record["device_id"]
@@ -77,6 +78,11 @@ class PersonalRewrites:
                 if first_application(self.applied[device_id], out.record, None):
                     triggers += miner.learn_one(out.record)
                     self.changed.add(device_id)
+                    learned[device_id] = None
+        # rewrite_decide_every > 1: decisions at most one batch late, and nothing pending when
+        # ``commit`` snapshots the miners (no-op with 1)
+        for device_id in learned:
+            triggers += self.miners[device_id].decide()
         return triggers
 
     def commit(self) -> None:
@@ -131,7 +137,9 @@ class GlobalRewriteProcessor:
                     continue
                 outputs += miner.learn_one(chain)
                 self.learned += 1
-        return outputs
+        # rewrite_decide_every > 1: decisions at most one batch late, and nothing pending when
+        # ``commit`` snapshots the miner (no-op with 1)
+        return outputs + miner.decide()
 
     def commit(self) -> None:
         """One snapshot of the miner and the chains' positions (after outputs were acked)."""
