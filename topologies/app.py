@@ -15,6 +15,7 @@ per batch.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any
@@ -150,9 +151,10 @@ async def mine(stream: faust.StreamT) -> None:
 
 
 @app.task
-async def _stop_debug_logging() -> None:
+async def _after_startup() -> None:
     # A task, not app.on_startup_finished: Faust's Worker takes that slot for itself.
     await faust_fixes.stop_debug_logging_after_startup()
+    gc.freeze()  # Faust's, aiokafka's and our start-up objects out of every full collection
 
 
 @app.on_before_shutdown.connect

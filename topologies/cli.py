@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 
@@ -39,6 +40,7 @@ def _replay(args: argparse.Namespace) -> int:
             metrics.set_top_defects([(key, t.get(), t.plays) for key, t in
                                      engine.stage2.top_defective(settings.top_k)])
     try:
+        gc.freeze()  # start-up objects out of every full collection (~-5% in process)
         engine, counts = replay(args.file, args.out, settings,
                                 progress=False if args.no_progress else None,
                                 on_progress=on_progress)
