@@ -116,11 +116,15 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
     position (input partition, offset) and applying each position once per key, with the
     stream watermark restored so that re-processing finalises turns at the same offsets.
     Deterministic form, with every possible prefix of the state writes landed:
-    tests/test_processors.py::test_stage1_killed_during_state_writes_counts_every_turn_once."""
+    tests/test_processors.py::test_stage1_killed_during_state_writes_counts_every_turn_once.
+
+    Still intermittent (issue 7, README "Known gaps"), also on the code before that fix: the
+    second worker sometimes never delivers part of the stream, misses a few signal records
+    or dead-letters old re-delivered events as ``late`` (2-4 runs in 10 on a loaded
+    machine; the processors alone lose nothing, see the deterministic test)."""
     lines = SAMPLE.read_bytes().splitlines()
     settings = pipeline_settings(broker.bootstrap, "sigkill")
     expected_records = replay(lines)
-    expected = canonical(expected_records)
     expected_n = Counter({name: len(recs) for name, recs in expected_records.items()})
 
     produced: dict[str, Any] = {}
@@ -154,7 +158,15 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
     finally:
         second.stop()
 
-    got = canonical(outputs)
+    assert mid_stream, "the stream was complete before the kill: not mid-stream"
+    check_at_least_once(outputs, expected_records, record_property)
+
+
+def check_at_least_once(outputs: dict[str, list[dict]], expected_records: dict[str, list[dict]],
+                        record_property: Any) -> None:
+    """Every expected signal record there, nothing unexpected, repeats counted (printed and
+    recorded as a test property), final defect-rate counts per key exact."""
+    got, expected = canonical(outputs), canonical(expected_records)
     repeats: dict[str, int] = {}
     for name in OUTPUT_STREAMS:
         if name == DEFECT_RATES:
@@ -167,12 +179,83 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
                                f"{sorted(unexpected)[:2]}"
         repeats[name] = got[name].total() - expected[name].total()
     record_property("repeated_records", repeats)
-    print(f"\nrecords repeated after the SIGKILL (at-least-once): {repeats}")
+    print(f"\nrecords repeated (at-least-once): {repeats}")
     assert all(n >= 0 for n in repeats.values())
-    assert mid_stream, "the stream was complete before the kill: not mid-stream"
     # Final counts per key exact: no event lost, none counted twice.
     check_final_rates(outputs[DEFECT_RATES], expected_records[DEFECT_RATES])
     assert got[DEFECT_RATES] == expected[DEFECT_RATES]
+
+
+def test_rebalances_mid_stream_lose_and_double_count_nothing(broker, tmp_path, record_property):
+    """A second worker joins mid-stream (two partitions move to it while the first is
+    processing batches) and leaves again gracefully (they move back).
+
+    Every signal record must arrive (at-least-once), nothing unexpected, final defect-rate
+    counts exact. KNOWN BUG (issue 7 stays open): records are lost across the rebalances:
+    the final defect-rate counts of the keys of the moved partitions come out short,
+    ~430-450 of 14,298 plays in every run (8 of 8), all in the stage-2 partitions that
+    moved, and in 1 of 8 runs a rephrase record was missing as well. Ruled out, each tried
+    and measured: a rebalance dropping in-memory state while a batch is in flight (the
+    revoke handler now waits for it: kept, it is right), ``take_events`` acking a batch in
+    its ``finally`` when a graceful stop cancels the agent holding it, records of revoked
+    partitions still handed out after the revoke, and the processors themselves (a
+    broker-less model of kill + restart at every batch, prefix of state writes and rewind
+    loses no record). Losses are reported as an expected failure with the numbers;
+    unexpected records and double counts still fail the test, and no loss passes it."""
+    lines = SAMPLE.read_bytes().splitlines()
+    settings = pipeline_settings(broker.bootstrap, "rebalance")
+    expected_records = replay(lines)
+    signals_n = Counter({name: len(recs) for name, recs in expected_records.items()
+                         if name != DEFECT_RATES})
+    produced: dict[str, Any] = {}
+
+    def produce() -> None:
+        produced["stats"] = produce_file(lines, broker.bootstrap, settings.input_topic,
+                                         rate=150, progress=False)
+
+    first = WorkerProcess(settings, log_path=tmp_path / "first.log", loglevel="info").start()
+    producer = threading.Thread(target=produce, daemon=True)
+    try:
+        producer.start()
+        deadline = time.monotonic() + 60
+        while plays_so_far(settings) < 500 and time.monotonic() < deadline:
+            assert first.alive(), first.log_tail()
+        second = WorkerProcess(dataclasses.replace(settings, web_port=free_port()),
+                               log_path=tmp_path / "second.log", loglevel="info").start()
+        time.sleep(9)  # joined (about half the 6 s session timeout) and processed a while
+        assert second.stop() in (0, -signal.SIGTERM), second.log_tail()
+        mid_stream = producer.is_alive()
+        producer.join(60)
+        assert produced["stats"].lines == len(lines)
+        outputs = collect_outputs(settings, signals_n, timeout_s=90, worker=first)
+        want_plays = len(expected_records[DEFECT_RATES])
+        deadline = time.monotonic() + 20
+        while plays_counted(outputs[DEFECT_RATES]) < want_plays and time.monotonic() < deadline:
+            time.sleep(2)
+            outputs[DEFECT_RATES] = [orjson.loads(r.value) for r in read_topic(
+                broker.bootstrap, settings.topic(DEFECT_RATES), timeout_s=1.0)]
+    finally:
+        first.stop()
+    joined = "assigned input partitions" in (tmp_path / "second.log").read_text(errors="replace")
+    assert joined, "the second worker never got partitions: no rebalance happened"
+    assert mid_stream, "the stream was complete before the second worker left"
+    plays = plays_counted(outputs[DEFECT_RATES])
+    record_property("plays_counted", f"{plays} of {want_plays}")
+    got, expected = canonical(outputs), canonical(expected_records)
+    missing = {name: len(set(expected[name]) - set(got[name]))
+               for name in OUTPUT_STREAMS if name != DEFECT_RATES}
+    if plays < want_plays or any(missing.values()):
+        # Only losses are the known bug: unexpected records and double counts still fail.
+        for name in OUTPUT_STREAMS:
+            if name != DEFECT_RATES:
+                assert not set(got[name]) - set(expected[name]), name
+        final = {(r["key_type"], r["key"]): r["plays"] for r in outputs[DEFECT_RATES]}
+        want = {(r["key_type"], r["key"]): r["plays"] for r in expected_records[DEFECT_RATES]}
+        double = {k: (n, want.get(k)) for k, n in final.items() if n > want.get(k, 0)}
+        assert not double, f"double-counted: {dict(list(double.items())[:4])}"
+        pytest.xfail(f"known: records lost across rebalances: {plays} of {want_plays} "
+                     f"defect-rate plays counted, signal records missing {missing}")
+    check_at_least_once(outputs, expected_records, record_property)
 
 
 # ------------------------------------------------------------------------------------------------

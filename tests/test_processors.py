@@ -177,6 +177,8 @@ def run_stage1(batches, settings, tables, landing: int | None = None) -> int:
         for out in devices.process(batch):
             if out.stream in (RATE_UPDATES, CHAINS):
                 tables[out.stream].append(out)
+            else:
+                tables["signals"][(out.stream, orjson.dumps(out.record))] += 1
         if landing is not None and n == len(batches):
             budget[0] = landing
             devices.table = CrashingTable(tables["devices"], budget)
@@ -213,7 +215,8 @@ def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing
     crash_at = len(batches) // 2
 
     def fresh_tables():
-        return {"devices": {}, "personal": {}, RATE_UPDATES: [], CHAINS: []}
+        return {"devices": {}, "personal": {}, RATE_UPDATES: [], CHAINS: [],
+                "signals": Counter()}
 
     clean = fresh_tables()
     run_stage1(batches, settings, clean)
@@ -237,6 +240,8 @@ def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing
     assert final == want == {k: RateStage.record(*k.split(":", 1), DefectRateTracker(
         *decode(v)["t"])) for k, v in clean_rates.table.items()}
     assert rewrites.miner.to_dict() == clean_rewrites.miner.to_dict()
+    # Every signal record of the clean run, nothing else (repeats: at-least-once).
+    assert set(crashed["signals"]) == set(clean["signals"])
     personal = {k: decode(v)["m"] for k, v in crashed["personal"].items()}
     assert personal == {k: decode(v)["m"] for k, v in clean["personal"].items()}
 

@@ -107,18 +107,24 @@ publisher = OutputPublisher(settings, settings.topic, on_error=metrics.producer_
                             on_retry=metrics.producer_retry)
 
 
+_in_flight: dict[int, asyncio.Lock] = {}
+"""Per processor, held from a batch's processing to its state writes: a rebalance waits for
+them before the processors drop their in-memory state (the batch's changes until commit)."""
+
+
 async def _run(stream: faust.StreamT,
                processor: DeviceProcessor | RateProcessor | GlobalRewriteProcessor) -> None:
     try:
         async for batch in stream.take_events(settings.batch_size,
                                               within=settings.batch_within_s):
             started = time.perf_counter()
-            outputs = processor.process(_messages(batch))
-            await publisher.publish(outputs)
-            # State after outputs: Faust flushes these changelog writes before it commits the
-            # batch's offsets, so state, outputs and offsets never disagree in a way that
-            # loses records (see README "Guarantees").
-            processor.commit()
+            async with _in_flight.setdefault(id(processor), asyncio.Lock()):
+                outputs = processor.process(_messages(batch))
+                await publisher.publish(outputs)
+                # State after outputs: Faust flushes these changelog writes before it commits
+                # the batch's offsets, so state, outputs and offsets never disagree in a way
+                # that loses records (see README "Guarantees").
+                processor.commit()
             metrics.observe_batch(len(batch), time.perf_counter() - started)
             metrics.observe_emit_latencies(
                 (ts for o in outputs if o.stream != RATE_UPDATES
@@ -218,11 +224,19 @@ def group_offsets() -> set[tuple[str, int]]:
 
 @app.on_partitions_revoked.connect
 async def _on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
-    # Another worker may own these partitions now: drop in-memory state, the tables hold it.
-    devices.reset()
-    rates.reset()
-    personal.reset()
-    global_rewrites.reset()
+    # Another worker may own these partitions now: drop in-memory state, the tables hold it
+    # (after the batch in flight has written its changes there).
+    locks = list(_in_flight.values())
+    for lock in locks:
+        await lock.acquire()
+    try:
+        devices.reset()
+        rates.reset()
+        personal.reset()
+        global_rewrites.reset()
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 @app.timer(interval=5.0)
