@@ -148,3 +148,19 @@ def test_worker_command_serves_and_stops_cleanly_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_demo_summary_counts_defect_rate_plays_not_records():
+    """The worker publishes one estimate per key per batch, the replay one per update: the
+    demo compares the plays the last estimates count with the replay's updates."""
+    from collections import Counter
+
+    from topologies.cli_run import demo_summary
+
+    estimate = {"key_type": "utterance", "key": "play jazz", "defects": 1, "rate": 0.5,
+                "low": 0.1, "high": 0.9, "updated_ts": 1}
+    outputs = {name: [] for name in OUTPUT_STREAMS}
+    outputs["defect-rates"] = [{**estimate, "plays": 2}, {**estimate, "plays": 5},
+                               {**estimate, "key": "stop", "plays": 1}]
+    text = demo_summary(outputs, Settings(), Counter({"defect-rates": 6}), top=3)
+    assert "3  estimates of 2 keys counting 6 plays [6 updates]" in text

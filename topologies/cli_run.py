@@ -140,13 +140,12 @@ def demo_summary(outputs: dict[str, list[dict[str, Any]]], settings: Settings,
                  expected: Any, top: int) -> str:
     lines = ["records per output topic (read back from Kafka; in-process replay in brackets):"]
     for name in OUTPUT_STREAMS:
-        note = ""
+        count = f"[{expected.get(name, 0)}]"
         if name == DEFECT_RATES:  # one estimate per key per batch, not one per update
             keys = {(r["key_type"], r["key"]) for r in outputs[name]}
-            note = (f"  for {len(keys)} keys, {plays_counted(outputs[name])} plays counted "
-                    f"[{expected.get(name, 0)}]")
-        lines.append(f"  {settings.topic(name):<28} {len(outputs[name]):>7}  "
-                     f"[{expected.get(name, 0)}]{note}")
+            count = (f"estimates of {len(keys)} keys counting "
+                     f"{plays_counted(outputs[name])} plays [{expected.get(name, 0)} updates]")
+        lines.append(f"  {settings.topic(name):<28} {len(outputs[name]):>7}  {count}")
     latest: dict[str, DefectRateTracker] = {}
     for rec in outputs[DEFECT_RATES]:
         if rec["key_type"] == "utterance":
