@@ -274,6 +274,10 @@ class Parser:
             isinstance(slots, dict) and all(isinstance(v, str) for v in slots.values())
         ):
             raise _Reject("wrong_type", "field 'slots' must be an object of strings")
+        if slots:  # same limits as every other string, names included
+            for slot, value in slots.items():
+                self._str({"slot name": slot}, "slot name", False)
+                self._str({f"slots.{slot}": value}, f"slots.{slot}", False)
         context = obj.get("context")
         if context is not None and not isinstance(context, dict):
             raise _Reject("wrong_type", f"field 'context' must be an object, got "

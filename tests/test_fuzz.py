@@ -231,7 +231,8 @@ def valid_events(draw: st.DrawFn) -> dict[str, Any]:
         "asr_confidence": st.floats(0, 1), "nlu_confidence": st.floats(0, 1),
         "intent": st.sampled_from(["PlayMusic", "unknown", "GetWeather"]),
         "domain": st.sampled_from(["Music", "Weather"]),
-        "slots": st.dictionaries(st.sampled_from(["genre", "name"]), st.text(max_size=10)),
+        "slots": st.dictionaries(st.sampled_from(["genre", "name"]), st.text(
+            st.characters(blacklist_categories=("Cc",)), max_size=10)),  # valid: no controls
         "tts_start_ts": st.just(ts + 1000), "tts_end_ts": st.just(ts + 4000),
         "barge_in_ts": st.just(ts + 2000),
         "context": st.fixed_dictionaries({"device_type": st.sampled_from(["echo", "show"])}),

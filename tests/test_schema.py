@@ -71,3 +71,18 @@ def test_all_fields_land_in_their_turn_attributes() -> None:
 def test_normalize_cache_gives_the_same_text() -> None:
     for text in ["Play  Jazz!", "play jazz", "'quoted' words", "Play  Jazz!"]:
         assert normalize(text) == normalize.__wrapped__(text)
+
+
+@pytest.mark.parametrize(("slots", "reason", "error"), [
+    ({"duration": "x" * 4_097}, "field_too_long",
+     "field 'slots.duration' has 4097 characters, limit 4096"),
+    ({"n" * 4_097: "one minute"}, "field_too_long",
+     "field 'slot name' has 4097 characters, limit 4096"),
+    ({"duration": "one\x00minute"}, "control_chars",
+     "field 'slots.duration' contains control characters"),
+    ({"dur\x1bation": "x"}, "control_chars", "field 'slot name' contains control characters"),
+])
+def test_slot_names_and_values_have_the_string_limits(slots, reason, error):
+    got = turn(slots=slots)
+    assert isinstance(got, Invalid) and (got.reason, got.error) == (reason, error)
+    assert isinstance(turn(slots={"duration": "x" * 4_096, "unit": ""}), Turn)
