@@ -297,24 +297,22 @@ class DeviceStage:
         orig.rephrased_by = new.event_id
         orig.add_signal("rephrased")
         new.rephrase_of = orig.event_id
-        tip = new
-        flagged = orig.repeat_flagged
-        for turn in self._chain_from(st, new):
+        turns = self._chain_from(st, new)  # new and what already rephrases it (a late orig)
+        tip = turns[-1]
+        flagged = orig.repeat_flagged or any(t.repeat_flagged for t in turns)
+        for turn in turns:
             turn.chain = orig.chain + turn.chain
             turn.chain_norms = orig.chain_norms + turn.chain_norms
-            flagged = flagged or turn.repeat_flagged
-            tip = turn
         self.stats.signals["rephrase"] += 1
         out.append(Output(REPHRASES, new.event_id, {
             "event_id": new.event_id, "rephrase_of": orig.event_id, "device_id": st.device_id,
             "utterance": new.utterance, "original_utterance": orig.utterance,
             "gap_ms": new.ts - orig.ts, "score": round(score, 4),
         }))
-        for turn in self._chain_from(st, new):
-            turn.repeat_flagged = flagged
-        if len(tip.chain) >= self.s.teach_repeat_count and not flagged:
-            for turn in self._chain_from(st, new):
-                turn.repeat_flagged = True
+        repeated = not flagged and len(tip.chain) >= self.s.teach_repeat_count
+        for turn in turns:
+            turn.repeat_flagged = flagged or repeated
+        if repeated:
             root_turn = st.find_pending(orig.chain[0])
             self._teachable(st.device_id, "repeated_request", list(tip.chain),
                             root_turn.utterance if root_turn else orig.utterance, tip.ts, out)

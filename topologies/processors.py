@@ -9,6 +9,7 @@ and state are exactly those of the in-process replay of that partition.
 from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping
+from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -84,6 +85,7 @@ WATERMARK_PREFIX = "\x00watermark:"
 """Table keys of per-partition stream watermarks (device ids cannot hold control characters)."""
 
 
+@lru_cache(maxsize=1024)
 def watermark_key(partition: int, partitions: int) -> str:
     """A ``device-state`` key for ``partition``'s stream watermark that the default
     partitioner puts in that same partition, so it is restored with that partition's devices
