@@ -34,6 +34,7 @@ from topologies.runner import (
     demo_settings,
     plays_counted,
     prepare_topics,
+    read_records,
 )
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
@@ -75,12 +76,13 @@ def consumed(settings: Settings) -> float | None:
 
 def plays_so_far(settings: Settings) -> int:
     """Updates counted by the defect-rate estimates published so far."""
-    return plays_counted([orjson.loads(r.value) for r in read_topic(
-        settings.bootstrap_servers, settings.topic(DEFECT_RATES), timeout_s=0.3, max_s=1.0)])
+    return plays_counted(read_records(settings, DEFECT_RATES, timeout_s=0.3, max_s=1.0))
 
 
-def check_final_rates(got: list[dict], expected: list[dict]) -> None:
-    """The last defect-rate record per key against the replay's, with a readable diff."""
+def check_final_rates(got: list[dict], expected: list[dict], losses_known: bool = False) -> str:
+    """The last defect-rate record per key against the replay's, with a readable diff. With
+    ``losses_known`` only more plays than the replay fail; fewer plays (missing keys too) are
+    returned as a summary instead ("" when there are none)."""
     final = {(r["key_type"], r["key"]): (r["plays"], r["defects"]) for r in got}
     want = {(r["key_type"], r["key"]): (r["plays"], r["defects"]) for r in expected}
     lost = {k: (final[k], v) for k, v in want.items() if k in final and final[k][0] < v[0]}
@@ -92,7 +94,12 @@ def check_final_rates(got: list[dict], expected: list[dict]) -> None:
         f"final (plays, defects) per key differ from the replay: {len(lost)} keys with fewer "
         f"plays (lost), {len(double)} with more (double-counted), {len(other)} other; e.g. "
         f"got/expected {dict(list({**lost, **double, **other}.items())[:4])}")
-    assert not (lost or double or other), summary
+    if not losses_known:
+        assert not (lost or double or other), summary
+        return ""
+    unwanted = {k: v for k, v in other.items() if k not in want}  # plays where none belong
+    assert not (double or unwanted), summary
+    return summary if lost or other else ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,27 +170,37 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
 
 
 def check_at_least_once(outputs: dict[str, list[dict]], expected_records: dict[str, list[dict]],
-                        record_property: Any) -> None:
+                        record_property: Any, losses_known: bool = False) -> str:
     """Every expected signal record there, nothing unexpected, repeats counted (printed and
-    recorded as a test property), final defect-rate counts per key exact."""
+    recorded as a test property), final defect-rate counts per key exact. With
+    ``losses_known`` missing records and lost plays are returned as a summary ("" when there
+    are none) instead of failing; unexpected records and double counts still fail."""
     got, expected = canonical(outputs), canonical(expected_records)
     repeats: dict[str, int] = {}
+    losses: list[str] = []
     for name in OUTPUT_STREAMS:
         if name == DEFECT_RATES:
             continue
         missing = set(expected[name]) - set(got[name])
         unexpected = set(got[name]) - set(expected[name])
-        assert not missing, f"{name}: {len(missing)} expected records missing, e.g. " \
-                            f"{sorted(missing)[:2]}"
+        if missing and losses_known:
+            losses.append(f"{name}: {len(missing)} records missing")
+        else:
+            assert not missing, f"{name}: {len(missing)} expected records missing, e.g. " \
+                                f"{sorted(missing)[:2]}"
         assert not unexpected, f"{name}: {len(unexpected)} unexpected records, e.g. " \
                                f"{sorted(unexpected)[:2]}"
         repeats[name] = got[name].total() - expected[name].total()
     record_property("repeated_records", repeats)
     print(f"\nrecords repeated (at-least-once): {repeats}")
-    assert all(n >= 0 for n in repeats.values())
+    if not losses_known:
+        assert all(n >= 0 for n in repeats.values())
     # Final counts per key exact: no event lost, none counted twice.
-    check_final_rates(outputs[DEFECT_RATES], expected_records[DEFECT_RATES])
-    assert got[DEFECT_RATES] == expected[DEFECT_RATES]
+    rates = check_final_rates(outputs[DEFECT_RATES], expected_records[DEFECT_RATES],
+                              losses_known)
+    if not losses_known:
+        assert got[DEFECT_RATES] == expected[DEFECT_RATES]
+    return "; ".join(losses + ([rates] if rates else []))
 
 
 def test_rebalances_mid_stream_lose_and_double_count_nothing(broker, tmp_path, record_property):
@@ -232,8 +249,7 @@ def test_rebalances_mid_stream_lose_and_double_count_nothing(broker, tmp_path, r
         deadline = time.monotonic() + 20
         while plays_counted(outputs[DEFECT_RATES]) < want_plays and time.monotonic() < deadline:
             time.sleep(2)
-            outputs[DEFECT_RATES] = [orjson.loads(r.value) for r in read_topic(
-                broker.bootstrap, settings.topic(DEFECT_RATES), timeout_s=1.0)]
+            outputs[DEFECT_RATES] = read_records(settings, DEFECT_RATES, timeout_s=1.0)
     finally:
         first.stop()
     joined = "assigned input partitions" in (tmp_path / "second.log").read_text(errors="replace")
@@ -241,20 +257,11 @@ def test_rebalances_mid_stream_lose_and_double_count_nothing(broker, tmp_path, r
     assert mid_stream, "the stream was complete before the second worker left"
     plays = plays_counted(outputs[DEFECT_RATES])
     record_property("plays_counted", f"{plays} of {want_plays}")
-    got, expected = canonical(outputs), canonical(expected_records)
-    missing = {name: len(set(expected[name]) - set(got[name]))
-               for name in OUTPUT_STREAMS if name != DEFECT_RATES}
-    if plays < want_plays or any(missing.values()):
-        # Only losses are the known bug: unexpected records and double counts still fail.
-        for name in OUTPUT_STREAMS:
-            if name != DEFECT_RATES:
-                assert not set(got[name]) - set(expected[name]), name
-        final = {(r["key_type"], r["key"]): r["plays"] for r in outputs[DEFECT_RATES]}
-        want = {(r["key_type"], r["key"]): r["plays"] for r in expected_records[DEFECT_RATES]}
-        double = {k: (n, want.get(k)) for k, n in final.items() if n > want.get(k, 0)}
-        assert not double, f"double-counted: {dict(list(double.items())[:4])}"
+    # Only losses are the known bug: unexpected records and double counts still fail.
+    losses = check_at_least_once(outputs, expected_records, record_property, losses_known=True)
+    if losses or plays < want_plays:
         pytest.xfail(f"known: records lost across rebalances: {plays} of {want_plays} "
-                     f"defect-rate plays counted, signal records missing {missing}")
+                     f"defect-rate plays counted; {losses}")
     check_at_least_once(outputs, expected_records, record_property)
 
 

@@ -27,7 +27,7 @@ from stream.records import DEFECT_RATES, OUTPUT_STREAMS, REWRITE_TRIGGERS
 from stream.replay import iter_lines
 from stream.settings import Settings
 from topologies.broker import free_port
-from topologies.kafka_io import produce_file, read_topic
+from topologies.kafka_io import produce_file
 from topologies.runner import (
     WorkerProcess,
     collect_outputs,
@@ -35,6 +35,7 @@ from topologies.runner import (
     expected_counts,
     plays_counted,
     prepare_topics,
+    read_records,
 )
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
@@ -168,9 +169,7 @@ def _wait_for_plays(settings: Settings, at_least: int, timeout_s: float) -> int:
     """Wait until the defect-rate estimates count ``at_least`` updates (plays)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        n = plays_counted([orjson.loads(r.value) for r in read_topic(
-            settings.bootstrap_servers, settings.topic(DEFECT_RATES), timeout_s=1.0,
-            max_s=2.0)])
+        n = plays_counted(read_records(settings, DEFECT_RATES, timeout_s=1.0, max_s=2.0))
         if n >= at_least or time.monotonic() > deadline:
             return n
         time.sleep(0.5)

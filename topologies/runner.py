@@ -139,12 +139,9 @@ def collect_outputs(settings: Settings, expected: Counter[str], timeout_s: float
             if worker is not None and not worker.alive():
                 raise PipelineError(f"worker exited with {worker.proc.returncode}:\n"
                                     f"{worker.log_tail()}")
-            records = read_topic(settings.bootstrap_servers, settings.topic(name),
-                                 timeout_s=idle_s,
-                                 expected=None if name == DEFECT_RATES else want or None,
-                                 **security_options(settings))
-            values = [orjson.loads(r.value) for r in records if r.value is not None]
-            got = plays_counted(values) if name == DEFECT_RATES else len(records)
+            values = read_records(settings, name, timeout_s=idle_s,
+                                  expected=None if name == DEFECT_RATES else want or None)
+            got = plays_counted(values) if name == DEFECT_RATES else len(values)
             if got >= want:
                 break
             if time.monotonic() > deadline:
@@ -154,6 +151,16 @@ def collect_outputs(settings: Settings, expected: Counter[str], timeout_s: float
                                     f"after {timeout_s:.0f} s\n{tail}")
         results[name] = values
     return results
+
+
+def read_records(settings: Settings, stream: str, timeout_s: float,
+                 expected: int | None = None, max_s: float | None = None) -> list[dict[str, Any]]:
+    """The records of an output stream's topic, decoded (see ``read_topic`` for when it
+    stops); tombstones are left out."""
+    records = read_topic(settings.bootstrap_servers, settings.topic(stream),
+                         timeout_s=timeout_s, expected=expected, max_s=max_s,
+                         **security_options(settings))
+    return [orjson.loads(r.value) for r in records if r.value is not None]
 
 
 def plays_counted(defect_rates: list[dict[str, Any]]) -> int:
