@@ -30,7 +30,7 @@ from stream.text import normalize
 from topologies import faust_fixes
 from topologies.kafka_io import security_kwargs
 from topologies.metrics import PipelineMetrics
-from topologies.processors import DeviceProcessor, Message, RateProcessor
+from topologies.processors import DeviceProcessor, Message, RateProcessor, RawKeyTable
 from topologies.publisher import OutputPublisher
 from topologies.rewriting import GlobalRewriteProcessor, PersonalRewrites
 
@@ -79,11 +79,12 @@ def _raw_topic(name: str, partitions: int = settings.partitions) -> faust.TopicT
                      value_serializer="raw", partitions=partitions)
 
 
-def _table(name: str, partitions: int = settings.partitions) -> faust.Table:
-    schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
-                          value_serializer="raw")
-    return app.Table(name, default=None, partitions=partitions, use_partitioner=True,
-                     schema=schema)
+def _table(name: str, partitions: int = settings.partitions) -> RawKeyTable:
+    # Raw bytes keys and values: the changelog key is the input record's key, so the default
+    # partitioner co-partitions table and input (a str key type would JSON-encode keys).
+    table = app.Table(name, default=None, partitions=partitions, use_partitioner=True,
+                      key_type=bytes, value_type=bytes)
+    return RawKeyTable(table)
 
 
 interactions = _raw_topic(settings.input_topic)

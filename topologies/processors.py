@@ -8,7 +8,7 @@ and state are exactly those of the in-process replay of that partition.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 
@@ -37,10 +37,51 @@ def partition_of(key: str | bytes, partitions: int) -> int:
     return (murmur2(data) & 0x7FFFFFFF) % partitions
 
 
-def decode(blob: bytes | str | dict[str, Any]) -> dict[str, Any]:
-    """A table value: the JSON bytes written, or (after Faust restored the table from its
-    changelog, where it applies the topic's json codec) the already-decoded object."""
-    return blob if isinstance(blob, dict) else orjson.loads(blob)
+def decode(blob: bytes | str) -> dict[str, Any]:
+    """A table value (the JSON bytes written, as written or restored from the changelog)."""
+    return orjson.loads(blob)
+
+
+class RawKeyTable(MutableMapping[str, bytes]):
+    """A str-keyed view of a table whose keys and values are raw bytes (a Faust ``Table`` with
+    ``key_type=bytes, value_type=bytes``).
+
+    Raw keys are what keep a table co-partitioned with its input: the changelog record's key
+    is exactly the input record's key, so the default partitioner puts both in the same
+    partition, and the worker that owns an input partition restores exactly the state of its
+    keys. (A str key type makes Faust JSON-encode keys: ``"dev1"`` with quotes hashes to
+    another partition, and a worker that takes over half the partitions restores the wrong
+    half of the state.)
+
+    >>> data = {}
+    >>> table = RawKeyTable(data)
+    >>> table["dev1"] = b"{}"
+    >>> data, table.get("dev1"), list(table.items())
+    ({b'dev1': b'{}'}, b'{}', [('dev1', b'{}')])
+    >>> table.pop("dev1"), table.pop("dev1", None), len(table)
+    (b'{}', None, 0)
+    """
+
+    def __init__(self, table: MutableMapping[bytes, bytes]) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        return self.table[key.encode()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.table.get(key.encode(), default)
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.table[key.encode()] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key.decode() for key in self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
 
 
 def first_application(applied: dict[str, list[Any]], record: dict[str, Any],

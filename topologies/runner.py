@@ -122,7 +122,9 @@ def expected_counts(path: str | Path, settings: Settings) -> Counter[str]:
 def collect_outputs(settings: Settings, expected: Counter[str], timeout_s: float = 120.0,
                     idle_s: float = 3.0, worker: WorkerProcess | None = None,
                     ) -> dict[str, list[dict[str, Any]]]:
-    """Read every output topic until it holds at least the expected number of records.
+    """Read every output topic until it holds at least the expected number of distinct
+    records (at-least-once delivery repeats records: counting repeats would stop early, before
+    the last records arrived).
 
     ``defect-rates`` is compacted and the worker publishes one estimate per key per batch,
     not one per update as the in-process engine does: there the expected count (the
@@ -135,13 +137,18 @@ def collect_outputs(settings: Settings, expected: Counter[str], timeout_s: float
     results: dict[str, list[dict[str, Any]]] = {}
     for name in OUTPUT_STREAMS:
         want = expected.get(name, 0)
+        read_up_to: int | None = None if name == DEFECT_RATES else want or None
         while True:
             if worker is not None and not worker.alive():
                 raise PipelineError(f"worker exited with {worker.proc.returncode}:\n"
                                     f"{worker.log_tail()}")
-            values = read_records(settings, name, timeout_s=idle_s,
-                                  expected=None if name == DEFECT_RATES else want or None)
-            got = plays_counted(values) if name == DEFECT_RATES else len(values)
+            values = read_records(settings, name, timeout_s=idle_s, expected=read_up_to)
+            if name == DEFECT_RATES:
+                got = plays_counted(values)
+            else:
+                got = len({orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values})
+                if got < len(values):
+                    read_up_to = None  # repeats: read until the topic goes quiet instead
             if got >= want:
                 break
             if time.monotonic() > deadline:
