@@ -99,6 +99,18 @@ class DeviceEngine:
         }[result]
         return [self._reject(result, error, raw, etype, event.device_id, source)]
 
+    def count_redelivered(self, raw: bytes | str) -> None:
+        """Count a message as a duplicate without processing it: for a re-delivered message
+        whose effects the caller knows the state already holds (its input offset is at or
+        below the last one the restored state covers)."""
+        event = self.parser.parse(raw)
+        if isinstance(event, Invalid):
+            etype = event.event_type
+        else:
+            etype = "turn" if isinstance(event, Turn) else (
+                "feedback" if isinstance(event, Feedback) else "watermark")
+        self.stats.events[(etype, "duplicate")] += 1
+
     def _reject(self, reason: str, error: str, raw: bytes | str, etype: str,
                 device_id: str | None, source: dict[str, Any] | None) -> Output:
         self.stats.events[(etype, "dead_letter")] += 1

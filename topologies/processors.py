@@ -123,12 +123,13 @@ def first_application(applied: dict[str, list[Any]], record: dict[str, Any],
 
 
 WATERMARK_PREFIX = "\x00watermark:"
-"""Table keys of per-partition stream watermarks (device ids cannot hold control characters)."""
+"""Table keys of each input partition's stream watermark and last processed input offset
+(device ids cannot hold control characters)."""
 
 
 @lru_cache(maxsize=1024)
 def watermark_key(partition: int, partitions: int) -> str:
-    """A ``device-state`` key for ``partition``'s stream watermark that the default
+    """A ``device-state`` key for ``partition``'s stream watermark and offset that the default
     partitioner puts in that same partition, so it is restored with that partition's devices
     and written after them in the same changelog partition."""
     salt = 0
@@ -205,12 +206,16 @@ class DeviceProcessor:
         self.stats = stats if stats is not None else EngineStats()
         self.chains = chains
         self.engines: dict[int, DeviceEngine] = {}
-        self.saved_watermarks: dict[int, int] = {}
+        self.offsets: dict[int, int] = {}
+        """Input partition -> offset of the last message processed (-1: none)."""
+        self.saved: dict[int, tuple[int, int]] = {}
+        """Input partition -> (stream watermark, offset) as last written to the table."""
 
     def reset(self) -> None:
         """Forget in-memory state (after a rebalance); it is reloaded from the table."""
         self.engines.clear()
-        self.saved_watermarks.clear()
+        self.offsets.clear()
+        self.saved.clear()
 
     def engine(self, partition: int) -> DeviceEngine:
         eng = self.engines.get(partition)
@@ -228,19 +233,29 @@ class DeviceProcessor:
                 data = decode(blob)
                 if key.startswith(WATERMARK_PREFIX):
                     eng.devices.import_watermark(data["watermark"])
+                    self.offsets[partition] = data.get("offset", -1)
                 else:
                     states.append(data)
             # Least recently active first, as the running stage keeps them (idle expiry).
             for data in sorted(states, key=lambda d: d["last_ts"]):
                 eng.devices.import_device(data)
-            self.saved_watermarks[partition] = eng.devices.watermark
+            self.offsets.setdefault(partition, -1)
+            self.saved[partition] = (eng.devices.watermark, self.offsets[partition])
         return eng
 
     def process(self, batch: Iterable[Message]) -> list[Output]:
         """Outputs of a batch. State changes stay in memory until ``commit``."""
         outputs: list[Output] = []
+        offsets = self.offsets
         for msg in batch:
             eng = self.engine(msg.partition)
+            if msg.offset <= offsets[msg.partition]:
+                # Re-delivered (input offsets are committed after the state is written): the
+                # restored state holds its effects and its outputs went out. Processing it
+                # again could even dead-letter it as late, were its device expired since.
+                eng.count_redelivered(msg.value)
+                continue
+            offsets[msg.partition] = msg.offset
             source = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
             outputs += eng.process(msg.value, source)
         if self.chains is not None:
@@ -264,11 +279,14 @@ class DeviceProcessor:
                 self.table[device_id] = orjson.dumps(devices.export_device(device_id))
             for device_id in removed:
                 self.table.pop(device_id, None)
-            if devices.watermark != self.saved_watermarks.get(partition):
-                # Last: on the changelog, a restored watermark implies the devices before it.
+            position = (devices.watermark, self.offsets[partition])
+            if position != self.saved.get(partition):
+                # Last: on the changelog (same partition), a restored watermark and offset
+                # imply the device states written before them.
                 key = watermark_key(partition, self.settings.partitions)
-                self.table[key] = orjson.dumps({"watermark": devices.watermark})
-                self.saved_watermarks[partition] = devices.watermark
+                self.table[key] = orjson.dumps({"watermark": position[0],
+                                                "offset": position[1]})
+                self.saved[partition] = position
 
     def state_sizes(self) -> dict[str, int]:
         return {"devices": sum(len(e.devices.devices) for e in self.engines.values())}
