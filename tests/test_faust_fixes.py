@@ -257,8 +257,17 @@ def test_recovery_fix_is_idempotent_and_seeks_before_resuming() -> None:
         async def wait(coro: Any, timeout: float | None = None) -> None:
             await coro
 
+        async def earliest_offsets(*tps: str) -> dict[str, int]:
+            return {tp: 0 for tp in tps}
+
+        async def seek_wait(offsets: dict[str, int]) -> None:
+            calls.append(f"seek {offsets}")
+
+        # input-0 has a committed offset; input-1 has none: sought to the earliest.
         consumer = SimpleNamespace(
-            assignment=lambda: {"input-0", "changelog-0"}, perform_seek=perform_seek,
+            assignment=lambda: {"input-0", "input-1", "changelog-0"},
+            perform_seek=perform_seek, _committed_offset={"input-0": 17},
+            earliest_offsets=earliest_offsets, seek_wait=seek_wait,
             resume_partitions=lambda tps: calls.append(f"resume {sorted(tps)}"),
             resume_flow=lambda: calls.append("flow"))
         app = SimpleNamespace(
@@ -277,7 +286,7 @@ def test_recovery_fix_is_idempotent_and_seeks_before_resuming() -> None:
             _set_recovery_ended=lambda: None, _wait=wait, completed=asyncio.Event(),
             _is_changelog_tp=lambda tp: tp.startswith("changelog"))
         asyncio.run(Recovery.on_recovery_completed(fake, 3))
-        assert calls == ["seek", "resume ['input-0']", "flow"]
+        assert calls == ["seek", "seek {'input-1': 0}", "resume ['input-0', 'input-1']", "flow"]
     finally:
         if not was_installed:
             uninstall_recovery_seek_fix()

@@ -6,7 +6,9 @@
    faust-streaming 0.15.3). ``Recovery.on_recovery_completed`` resumes the input partitions
    and only then seeks them to the committed offsets. The fetcher is already running at that
    point (it was restoring the changelogs), so records fetched from the stale position in that
-   window are processed: some skipped, some processed twice. The fix seeks first, then resumes.
+   window are processed: some skipped, some processed twice. The fix seeks first, then resumes,
+   and seeks partitions without a committed offset to the earliest (aiokafka leaves those
+   where the fetcher left them: past records that were fetched and dropped, never processed).
 2. :func:`broker_settings_for_tansu` - app settings this broker needs (short sessions, one
    record per produce batch because of its wrong "latest offset" answers).
 
@@ -58,6 +60,7 @@ async def _on_recovery_completed_seek_first(self: Any, generation_id: int = 0) -
         await self._wait(
             consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout
         )
+        await _seek_uncommitted_to_earliest(self, consumer, assignment)
     consumer.resume_partitions(
         {tp for tp in assignment if not self._is_changelog_tp(tp)}
     )
@@ -71,6 +74,25 @@ async def _on_recovery_completed_seek_first(self: Any, generation_id: int = 0) -
         self.tables.on_standbys_ready()
     self.app.on_rebalance_end()
     self.log.info("Worker ready")
+
+
+async def _seek_uncommitted_to_earliest(self: Any, consumer: Any, assignment: set) -> None:
+    """Second fix: aiokafka's ``seek_to_committed`` seeks only partitions with a committed
+    offset above 0 and leaves the others wherever the fetcher left them. Measured on tansu
+    (2 SIGKILL runs in 5): a worker killed before its first offset commit, the next one's
+    first records of a partition came from offset 749 while its restored state covered up to
+    358; the 390 records between were never processed. Seek them to the earliest offset, as
+    ``consumer_auto_offset_reset="earliest"`` means (the app skips what its restored state
+    already covers)."""
+    uncommitted = {tp for tp in assignment
+                   if not self._is_changelog_tp(tp) and not consumer._committed_offset.get(tp)}
+    if not uncommitted:
+        return
+    earliest = await consumer.earliest_offsets(*uncommitted)
+    offsets = {tp: offset for tp, offset in earliest.items() if offset is not None}
+    self.log.info("Seek partitions without a committed offset to the earliest: %r", offsets)
+    await self._wait(consumer.seek_wait(offsets),
+                     timeout=self.app.conf.broker_request_timeout)
 
 
 def _upstream_has_the_race(method: Any) -> bool:
