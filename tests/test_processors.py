@@ -165,6 +165,16 @@ class CrashingTable(dict):
         return default
 
 
+def batches_of(lines: list[bytes], size: int = 100) -> list[list[Message]]:
+    msgs = to_messages(lines)
+    return [msgs[i:i + size] for i in range(0, len(msgs), size)]
+
+
+def stage1_tables() -> dict:
+    """What a stage-1 run leaves: its tables, the topics it published, the signal records."""
+    return {"devices": {}, "personal": {}, RATE_UPDATES: [], CHAINS: [], "signals": Counter()}
+
+
 def run_stage1(batches, settings, tables, landing: int | None = None) -> int:
     """Stage 1 (devices + personal layer) over ``batches``, publishing rate-updates and chains
     into topic lists; with ``landing``, the last batch's outputs are published and then the
@@ -209,20 +219,14 @@ def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing
     restarted stage 1 re-emits the batch's rate-updates and chains, and the stages behind
     apply each turn's update and each chain exactly once (the ``src`` positions), ending
     with exactly the estimates and rewrite-miner states of a run without the crash."""
-    settings = Settings(partitions=PARTITIONS)
-    msgs = to_messages(lines)
-    batches = [msgs[i:i + 100] for i in range(0, len(msgs), 100)]
+    settings, batches = Settings(partitions=PARTITIONS), batches_of(lines)
     crash_at = len(batches) // 2
 
-    def fresh_tables():
-        return {"devices": {}, "personal": {}, RATE_UPDATES: [], CHAINS: [],
-                "signals": Counter()}
-
-    clean = fresh_tables()
+    clean = stage1_tables()
     run_stage1(batches, settings, clean)
     clean_rates, clean_rewrites = run_behind_stage1(settings, clean)
 
-    crashed = fresh_tables()
+    crashed = stage1_tables()
     lost_writes = not run_stage1(batches[:crash_at], settings, crashed, landing=landing)
     resumed = len(crashed[RATE_UPDATES])
     run_stage1(batches[crash_at - 1 - rewind:], settings, crashed)
@@ -253,18 +257,12 @@ def test_stage1_redelivered_from_far_back_changes_nothing(lines):
     and skipped, and the outputs are exactly those of a run without the crash. (Processed
     again, a device's old event was dead-lettered as ``late`` if the device had expired and
     come back since: seen on the broker after a SIGKILL.)"""
-    settings = Settings(partitions=PARTITIONS)
-    msgs = to_messages(lines)
-    batches = [msgs[i:i + 100] for i in range(0, len(msgs), 100)]
+    settings, batches = Settings(partitions=PARTITIONS), batches_of(lines)
     half = len(batches) // 2
 
-    def fresh_tables():
-        return {"devices": {}, "personal": {}, RATE_UPDATES: [], CHAINS: [],
-                "signals": Counter()}
-
-    clean = fresh_tables()
+    clean = stage1_tables()
     run_stage1(batches[:half + 1], settings, clean)
-    crashed = fresh_tables()
+    crashed = stage1_tables()
     run_stage1(batches[:half], settings, crashed)
     run_stage1(batches[:half + 1], settings, crashed)  # everything from offset 0 again
     assert crashed["signals"] == clean["signals"]  # not even repeats
