@@ -86,6 +86,8 @@ class Settings:
     session_timeout_s: float = 6.0
     batch_size: int = 2_000
     batch_within_s: float = 0.05
+    fetch_max_wait_ms: int = 100
+    """How long the broker may hold a fetch that finds no data (Faust hard-codes 1500)."""
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""

@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:  # when run as the worker script
 
 from topologies.faust_fixes import (  # noqa: E402
     broker_settings_for_tansu,
+    install_fetch_max_wait,
     install_recovery_seek_fix,
     recovery_seek_fix_installed,
     stop_debug_logging_after_startup,
@@ -330,3 +331,26 @@ def test_root_logger_leaves_debug_after_startup():
     root.setLevel(logging.DEBUG)
     asyncio.run(stop_debug_logging_after_startup(root))
     assert root.level == logging.DEBUG
+
+
+def test_worker_consumer_gets_the_configured_fetch_max_wait():
+    """Faust hard-codes fetch_max_wait_ms=1500 for its worker consumer; the patch replaces it
+    (installing twice: the last value, no double wrapping)."""
+    import asyncio
+
+    import faust
+
+    app = faust.App(f"t-fetch-{uuid.uuid4().hex[:6]}", broker="kafka://127.0.0.1:1",
+                    store="memory://")
+
+    async def created() -> int:
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(created()) == 1500  # Faust's own value
+    install_fetch_max_wait(77)
+    install_fetch_max_wait(66)
+    assert asyncio.run(created()) == 66

@@ -37,6 +37,7 @@ from topologies.rewriting import GlobalRewriteProcessor, PersonalRewrites
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
 faust_fixes.install_recovery_seek_fix()
+faust_fixes.install_fetch_max_wait(settings.fetch_max_wait_ms)
 
 
 def faust_config(s: Settings) -> dict[str, Any]:
