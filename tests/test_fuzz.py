@@ -231,8 +231,9 @@ def valid_events(draw: st.DrawFn) -> dict[str, Any]:
         "asr_confidence": st.floats(0, 1), "nlu_confidence": st.floats(0, 1),
         "intent": st.sampled_from(["PlayMusic", "unknown", "GetWeather"]),
         "domain": st.sampled_from(["Music", "Weather"]),
+        # Valid slot values: no control characters, no lone surrogates (not UTF-8-encodable).
         "slots": st.dictionaries(st.sampled_from(["genre", "name"]), st.text(
-            st.characters(blacklist_categories=("Cc",)), max_size=10)),  # valid: no controls
+            st.characters(blacklist_categories=("Cc", "Cs")), max_size=10)),
         "tts_start_ts": st.just(ts + 1000), "tts_end_ts": st.just(ts + 4000),
         "barge_in_ts": st.just(ts + 2000),
         "context": st.fixed_dictionaries({"device_type": st.sampled_from(["echo", "show"])}),
