@@ -117,15 +117,15 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
     Deterministic form, with every possible prefix of the state writes landed:
     tests/test_processors.py::test_stage1_killed_during_state_writes_counts_every_turn_once.
 
-    Was intermittent too (2-4 runs in 10 on a loaded machine), for two reasons found since
-    (the second inferred from the code, not caught in the act):
+    Was intermittent too (2-4 runs in 10 on a loaded machine), for three reasons found since:
     (1) signal records "missing" near the end of the stream: the collection stopped once a
     topic held as many records as expected, repeats included, before the last records had
-    arrived (``collect_outputs`` now counts distinct records); (2) old re-delivered events
-    dead-lettered as ``late``: with JSON-encoded table keys a partition's stream watermark
-    and its devices' sessions went to different changelog partitions, so a kill could land
-    the watermark write without the sessions before it (raw keys now, see the rebalance
-    test)."""
+    arrived (``collect_outputs`` now counts distinct records); (2) the second worker skipped
+    hundreds of records of a partition when the first was killed before its first offset
+    commit: aiokafka's seek-to-committed leaves such partitions where the fetcher left them
+    (``faust_fixes`` now seeks them to the earliest); (3) old re-delivered events of devices
+    that had expired and come back were dead-lettered as ``late`` (stage 1 now skips
+    messages at or below the last input offset its restored state covers)."""
     lines = SAMPLE.read_bytes().splitlines()
     settings = pipeline_settings(broker.bootstrap, "sigkill")
     expected_records = replay(lines)
