@@ -8,7 +8,7 @@
    point (it was restoring the changelogs), so records fetched from the stale position in that
    window are processed: some skipped, some processed twice. The fix seeks first, then resumes,
    and seeks partitions without a committed offset to the earliest (aiokafka leaves those
-   where the fetcher left them: past records that were fetched and dropped, never processed).
+   where the fetcher left them, which was seen past records never processed).
 2. :func:`broker_settings_for_tansu` - app settings this broker needs (short sessions, one
    record per produce batch because of its wrong "latest offset" answers).
 3. :func:`install_fetch_max_wait` - Faust hard-codes ``fetch_max_wait_ms=1500`` for its
