@@ -1,0 +1,4 @@
+"""Generators of interaction streams (schema v1) with ground truth, for tests and benchmarks.
+
+They live outside the core modules: the engine never imports them and never reads their truth.
+"""
