@@ -164,3 +164,28 @@ def test_demo_summary_counts_defect_rate_plays_not_records():
                                {**estimate, "key": "stop", "plays": 1}]
     text = demo_summary(outputs, Settings(), Counter({"defect-rates": 6}), top=3)
     assert "3  estimates of 2 keys counting 6 plays [6 updates]" in text
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_and_docs_links_resolve():
+    """README keeps the user's sections and links the moved design/operations detail; every
+    relative link (file and #anchor) in README.md and docs/ points at something that exists."""
+    for heading in ("Security and privacy", "Accuracy", "Development", "Guarantees", "Settings"):
+        assert re.search(rf"^## {heading}$", README, re.M), heading
+    assert "docs/design.md" in README and "docs/operations.md" in README
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if "://" in target:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path).resolve() if path else doc
+            assert linked.exists(), f"{doc.name}: {target}"
+            if anchor and linked.suffix == ".md":
+                anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", linked.read_text(),
+                                                          re.M)}
+                assert anchor in anchors, f"{doc.name}: {target}"

@@ -125,7 +125,7 @@ async def _run(stream: faust.StreamT,
                 await publisher.publish(outputs)
                 # State after outputs: Faust flushes these changelog writes before it commits
                 # the batch's offsets, so state, outputs and offsets never disagree in a way
-                # that loses records (see README "Guarantees").
+                # that loses records (see docs/operations.md, "Guarantees in detail").
                 processor.commit()
             metrics.observe_batch(len(batch), time.perf_counter() - started)
             metrics.observe_emit_latencies(
