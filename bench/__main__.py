@@ -29,6 +29,9 @@ BENCHMARKS = {
                "tracked devices / utterances grow 10x and 100x",
     "memory": "RSS per tracked utterance and per tracked device at 10k / 100k / 1M "
               "(fresh subprocess per size)",
+    "accuracy": "per-signal precision/recall, failure-point confusion, rewrites found and "
+                "defect-rate error on the real-phrasings population (both splits) and a "
+                "synthetic one, against their ground truth",
     "rewrite": "absorbing-chain solve time vs neighbourhood size (sparse, dense) and a full "
                "refresh of 100k utterances",
 }
