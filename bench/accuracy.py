@@ -3,7 +3,7 @@
 - ``phrasings-a`` / ``phrasings-b``: ``stream.datasets.phrasings`` built from real
   crowd-sourced requests (CLINC150), each from one half of every intent's requests: a method
   tuned while looking at one half is checked on the other.
-- ``synth``: ``stream.synth`` with another seed and size than ``data/sample.jsonl``.
+- ``synth``: ``stream.datasets.synth`` with another seed and size than ``data/sample.jsonl``.
 
 Each stream is replayed through the in-process engine (what ``feedback-stream replay`` runs;
 the Kafka worker gives the same records, tests/test_kafka_pipeline.py). The engine never sees
@@ -33,8 +33,7 @@ RATE_MIN_PLAYS = 50
 
 
 def populations(opts: Options) -> list[tuple[str, list[bytes], list[dict[str, Any]]]]:
-    from stream import synth
-    from stream.datasets import phrasings
+    from stream.datasets import phrasings, synth
 
     events = opts.pick(40_000, 12_000)
     out = []

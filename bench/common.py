@@ -133,8 +133,9 @@ _stream_cache: dict[tuple[int, int, int | None, int], tuple[list[bytes], list[An
 
 def synth_stream(n_events: int, n_devices: int, n_utterances: int | None, seed: int,
                  progress: bool = True) -> tuple[list[bytes], list[Any]]:
-    """(lines, truths) of ``stream.synth.generate``; the last stream is cached for reuse."""
-    from stream import synth
+    """(lines, truths) of ``stream.datasets.synth.generate``; the last stream is cached for
+    reuse."""
+    from stream.datasets import synth
 
     key = (n_events, n_devices, n_utterances, seed)
     if key in _stream_cache:

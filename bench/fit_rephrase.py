@@ -19,7 +19,7 @@ from collections import defaultdict
 import orjson
 from river import linear_model, optim
 
-from stream import synth
+from stream.datasets import synth
 from stream.detectors import RephraseScorer
 from stream.schema import Parser, Turn
 from stream.session import TurnState

@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from stream.datasets.synth import BASE_TS
 from stream.engine import FeedbackEngine
 from stream.settings import Settings
-from stream.synth import BASE_TS
 
 N_EVENTS = int(os.environ.get("FEEDBACK_STREAM_TEST_BOUNDED_EVENTS", "1000000"))
 N_UTTERANCES = 200_000

@@ -28,11 +28,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stream.datasets.synth import BASE_TS, generate
 from stream.engine import FeedbackEngine
 from stream.records import DEAD_LETTER, OUTPUT_STREAMS, Output
 from stream.schema import REASONS, _text_depth
 from stream.settings import Settings
-from stream.synth import BASE_TS, generate
 from tests.prom import metric_total
 from tests.test_kafka_pipeline import canonical
 from topologies.kafka_io import produce_file, read_topic
@@ -403,7 +403,7 @@ def test_deep_nesting_does_not_crash_the_process():
 # ------------------------------------------------------------------------------------------------
 # (3) a long mixed stream: in-process engine and a real Faust worker
 # ------------------------------------------------------------------------------------------------
-SYNTH_REASON = {  # stream.synth's malformed kinds -> the reason the engine must give
+SYNTH_REASON = {  # stream.datasets.synth's malformed kinds -> the reason the engine must give
     "not_json": "invalid_json", "truncated": "invalid_json", "array": "not_object",
     "missing_field": "missing_field", "wrong_type": "wrong_type",
     "unknown_type": "unknown_type", "bad_ts": "bad_timestamp",

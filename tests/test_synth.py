@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.synth import (
+from stream.datasets.synth import (
     MALFORMED,
     STOPS,
     Probs,
@@ -165,8 +165,9 @@ def test_sample_truth_is_consistent(sample: Pairs) -> None:
 
 def test_sample_matches_the_command(tmp_path: Path) -> None:
     out, truth = tmp_path / "s.jsonl", tmp_path / "t.jsonl"
-    run = subprocess.run([sys.executable, "-m", "stream.synth", *SAMPLE_CMD, "--out", str(out),
-                          "--truth", str(truth)], cwd=ROOT, capture_output=True, check=True)
+    run = subprocess.run([sys.executable, "-m", "stream.datasets.synth", *SAMPLE_CMD,
+                          "--out", str(out), "--truth", str(truth)],
+                         cwd=ROOT, capture_output=True, check=True)
     assert b"turns" in run.stderr  # the summary
     for mine, committed in ((out, SAMPLE), (truth, SAMPLE_TRUTH)):
         got, want = _load(mine), _load(committed)

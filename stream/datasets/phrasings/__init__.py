@@ -2,9 +2,10 @@
 ``ATTRIBUTION.md`` beside this file): goals are intents, each asked in several real phrasings
 with different success probabilities, rephrased until success or abandonment.
 
-``generate`` yields (JSONL line, truth) pairs like ``stream.synth.generate``; truth adds the
-goal, whether the turn really failed and its ``failure_point``. ``Population`` also exposes the
-goals and the devices' personal fixes, for scoring rewrites. The engine never reads any of it.
+``generate`` yields (JSONL line, truth) pairs like ``stream.datasets.synth.generate``; truth
+adds the goal, whether the turn really failed and its ``failure_point``. ``Population`` also
+exposes the goals and the devices' personal fixes, for scoring rewrites. The engine never
+reads any of it.
 
 >>> pairs = list(generate(300, 20, seed=1))
 >>> len(pairs) >= 300, "watermark" in pairs[-1][1]

@@ -1,9 +1,9 @@
 """Simulation of the synthetic stream: sessions of turns drawn device by device, merged into
 one ts-ordered log.
 
-``_Sim`` draws rephrase chains, barge-ins, stop follow-ups, feedback, unknown requests and
+``Simulation`` draws rephrase chains, barge-ins, stop follow-ups, feedback, unknown requests and
 hard-negative follow-ups, and derives each event's truth under the detector's rules. The public
-entry point is ``stream.synth.generate``.
+entry point is ``stream.datasets.synth.generate``.
 """
 
 from __future__ import annotations
@@ -16,54 +16,26 @@ from typing import Any
 
 import orjson
 
-from stream.synth_vocab import (
-    BASE_TS,
-    FAMILIES,
-    FAMILY_INDEX,
-    FEEDBACK_WINDOW_MS,
-    FOLLOW,
-    REPHRASE_WINDOW_MS,
-    SAME_VALUE,
-    SESSION_GAP_MIN_MS,
-    SIGNALS,
-    STOP,
-    STOP_WINDOW_MS,
-    STOPS,
-    SYS,
-    SYSTEMATIC,
-    UNK,
-    UNKNOWN,
-    Probs,
-    Req,
-    Systematic,
-    _corrupt,
-    _Device,
-    _family_req,
-    _Session,
-    _systematic_req,
-    _Turn,
-    normalize,
-    vocabulary,
-)
+from stream.datasets.synth import vocab
 
 
-class _Sim:
+class Simulation:
     """Draws sessions device by device; ``events`` merges them into one ts-ordered log."""
 
-    def __init__(self, n_devices: int, n_utterances: int, seed: int, probs: Probs) -> None:
+    def __init__(self, n_devices: int, n_utterances: int, seed: int, probs: vocab.Probs) -> None:
         self.r, self.p = random.Random(seed), probs
-        self.vocab = vocabulary()[: max(1, n_utterances)]
+        self.vocab = vocab.vocabulary()[: max(1, n_utterances)]
         total, self.cum = 0.0, []
         for rank in range(len(self.vocab)):
             total += 1.0 / (rank + 1)  # Zipf, exponent 1: a few requests dominate, long tail
             self.cum.append(total)
         self.devices = [self._device(i) for i in range(n_devices)]
 
-    def _zipf(self) -> Req:
+    def _zipf(self) -> vocab.Req:
         i = bisect.bisect(self.cum, self.r.random() * self.cum[-1])
         return self.vocab[min(i, len(self.vocab) - 1)]  # float rounding can reach the total
 
-    def _device(self, i: int) -> _Device:
+    def _device(self, i: int) -> vocab.Device:
         r = self.r
         kind = r.choices(("speaker", "screen", "car", "tv"), (55, 20, 15, 10))[0]
         locale = r.choices(("en-US", "en-GB", "en-CA", "en-IN"), (80, 8, 7, 5))[0]
@@ -71,40 +43,41 @@ class _Sim:
         favourites = [self._zipf() for _ in range(r.randint(0, 3))]
         personal: dict[str, str] = {}
         if r.random() < self.p.personal_device:
-            base = "weather in wilkerson" if r.random() < 0.6 else r.choice(list(SYSTEMATIC))
-            personal[base] = SYSTEMATIC[base].personal
+            base = "weather in wilkerson" if r.random() < 0.6 else r.choice(list(vocab.SYSTEMATIC))
+            personal[base] = vocab.SYSTEMATIC[base].personal
             # Twice: these devices ask it all the time ("a device always says ...").
-            favourites += [_systematic_req(base, base)] * 2
-        return _Device(f"dev{i:05d}", kind, locale, users, personal, favourites,
-                       BASE_TS + r.randint(0, 3_600_000))
+            favourites += [vocab.systematic_req(base, base)] * 2
+        return vocab.Device(f"dev{i:05d}", kind, locale, users, personal, favourites,
+                            vocab.BASE_TS + r.randint(0, 3_600_000))
 
     # --- time and turns -------------------------------------------------------------------
 
     @staticmethod
-    def _restates(S: _Session, ts: int, q: Req) -> bool:
-        norm = normalize(q.text)
+    def _restates(S: vocab.Session, ts: int, q: vocab.Req) -> bool:
+        norm = vocab.normalize(q.text)
         for T in reversed(S.turns):
-            if ts - T.ts > REPHRASE_WINDOW_MS:
+            if ts - T.ts > vocab.REPHRASE_WINDOW_MS:
                 return False
-            if T.req.key == q.key or normalize(T.ev["utterance"]) == norm:
+            if T.req.key == q.key or vocab.normalize(T.ev["utterance"]) == norm:
                 return True
         return False
 
-    def _pick(self, S: _Session, ts: int) -> tuple[Req, int]:
+    def _pick(self, S: vocab.Session, ts: int) -> tuple[vocab.Req, int]:
         """A new request that does not restate anything inside the window (else: wait)."""
         r, favs = self.r, S.dev.favourites
         for _ in range(8):
             q = r.choice(favs) if favs and r.random() < 0.3 else self._zipf()
             if not self._restates(S, ts, q):
                 return q, ts
-        return q, ts + REPHRASE_WINDOW_MS  # the last turn is >= 12 s back: now nothing is in range
+        # The last turn is >= 12 s back: now nothing is in range.
+        return q, ts + vocab.REPHRASE_WINDOW_MS
 
     def _intr(self) -> str | None:
         if self.r.random() >= self.p.interrupt:
             return None
         return "device" if self.r.random() < self.p.device_barge_in else "timing"
 
-    def _after(self, prev: _Turn, intr: str | None, lo: int, hi: int) -> int:
+    def _after(self, prev: vocab.Turn, intr: str | None, lo: int, hi: int) -> int:
         """Start of the next turn: ``lo``..``hi`` ms after ``prev`` unless it interrupts it."""
         r, ev = self.r, prev.ev
         if intr and "tts_end_ts" in ev:
@@ -116,13 +89,13 @@ class _Sim:
         low = max(prev.end + 300, prev.ts + lo)
         return r.randint(low, max(low, prev.ts + hi))
 
-    def _barge(self, T: _Turn) -> None:
+    def _barge(self, T: vocab.Turn) -> None:
         ev = T.ev
         b = self.r.randint(ev["tts_start_ts"] + 200, ev["tts_end_ts"] - 300)
         ev["barge_in_ts"], ev["tts_end_ts"] = b, b + self.r.randint(50, 300)  # response cut short
 
-    def _turn(self, S: _Session, ts: int, q: Req, behaviour: str, text: str | None = None,
-              fail: str | None = None) -> _Turn:
+    def _turn(self, S: vocab.Session, ts: int, q: vocab.Req, behaviour: str,
+              text: str | None = None, fail: str | None = None) -> vocab.Turn:
         r, dev = self.r, S.dev
         text = q.text if text is None else text
         if r.random() < self.p.surface_noise:
@@ -135,19 +108,19 @@ class _Sim:
                 intent, slots, nlu = "unknown", {}, r.uniform(0.05, 0.35)
             response = r.choice(("Sorry, I didn't catch that.", "Sorry, I couldn't find that."))
         elif fail == "nlu":
-            other = FAMILIES[r.randrange(len(FAMILIES))]
+            other = vocab.FAMILIES[r.randrange(len(vocab.FAMILIES))]
             domain, intent = ("", "unknown") if r.random() < 0.5 else (other.domain, other.intent)
             slots, nlu = {}, r.uniform(0.1, 0.45)
             response = r.choice(("Sorry, I'm not sure about that.", "Here's what I found."))
         elif fail == "repeat":  # a service error: NLU was right, the answer never came
             response = "Sorry, something went wrong. Please try again."
         elif fail == "systematic":
-            s = SYSTEMATIC[q.text]
+            s = vocab.SYSTEMATIC[q.text]
             domain, intent, response = s.wrong_domain, s.wrong_intent, s.wrong_response
             slots, nlu = {s.slot: s.value}, r.uniform(0.6, 0.9)
         elif fail == "unknown":
             if r.random() < 0.4:
-                domain, intent = FAMILIES[r.randrange(len(FAMILIES))][1:3]
+                domain, intent = vocab.FAMILIES[r.randrange(len(vocab.FAMILIES))][1:3]
             nlu = r.uniform(0.05, 0.29)
         ev: dict[str, Any] = {"type": "turn", "event_id": dev.new_id(), "device_id": dev.id,
                               "ts": ts}
@@ -167,19 +140,19 @@ class _Sim:
                          "device_state": "driving" if dev.kind == "car" else S.state}
         if fail is None and intent in ("PlayMusic", "PlayAudiobook", "Pause", "SetTimer"):
             S.state = {"Pause": "paused", "SetTimer": "timer_running"}.get(intent, "playing")
-        T = _Turn(ev, q, behaviour)
+        T = vocab.Turn(ev, q, behaviour)
         S.turns.append(T)
         return T
 
     # --- behaviours -----------------------------------------------------------------------
 
-    def _episode(self, S: _Session, t: int) -> None:
+    def _episode(self, S: vocab.Session, t: int) -> None:
         r, p = self.r, self.p
         if r.random() < p.unknown:
             self._unknown(S, t)
         else:
             q, t = self._pick(S, t)
-            sys_ = SYSTEMATIC.get(q.text) if q.fam == SYS else None
+            sys_ = vocab.SYSTEMATIC.get(q.text) if q.fam == vocab.SYS else None
             if r.random() < (p.systematic_defect if sys_ else p.defect):
                 self._defect(S, t, q, sys_)
             else:
@@ -190,16 +163,17 @@ class _Sim:
                 self._followups(S, T)
         for T, kind, value in S.queued:  # after the episode: barge-ins may have cut tts_end_ts
             ev = {"type": "feedback", "event_id": S.dev.new_id(), "device_id": S.dev.id,
-                  "ts": T.end + r.randint(500, FEEDBACK_WINDOW_MS), "ref_event_id": T.id,
+                  "ts": T.end + r.randint(500, vocab.FEEDBACK_WINDOW_MS), "ref_event_id": T.id,
                   "kind": kind, "value": value}
             S.feedback.append((ev, {"event_id": ev["event_id"], "ref_event_id": T.id,
                                     "kind": kind, "value": value}))
         S.queued.clear()
 
-    def _defect(self, S: _Session, t: int, q: Req, sys_: Systematic | None) -> None:
+    def _defect(self, S: vocab.Session, t: int, q: vocab.Req,
+                sys_: vocab.Systematic | None) -> None:
         r, p = self.r, self.p
         mode = "systematic" if sys_ else r.choices(("asr", "nlu", "repeat"), p.defect_modes)[0]
-        text = _corrupt(q.text, r) if mode == "asr" else None
+        text = vocab.corrupt(q.text, r) if mode == "asr" else None
         head = self._turn(S, t, q, "defect", text=text, fail=mode)
         u = r.random()
         if u < p.rephrase:
@@ -218,41 +192,42 @@ class _Sim:
         if mode != "repeat" and r.random() < p.teach:
             S.queued.append((head, "teach", sys_.teach if sys_ else f"I meant {q.text}"))
 
-    def _unknown(self, S: _Session, t: int) -> None:
+    def _unknown(self, S: vocab.Session, t: int) -> None:
         r = self.r
         for _ in range(8):
-            text = r.choice(UNKNOWN)
-            q = Req(text, UNK, 0, text, "", "unknown", {}, "Sorry, I don't know that one.",
-                    ("unknown", text))
+            text = r.choice(vocab.UNKNOWN)
+            q = vocab.Req(text, vocab.UNK, 0, text, "", "unknown", {},
+                          "Sorry, I don't know that one.", ("unknown", text))
             if not self._restates(S, t, q):
                 break
         else:
-            t += REPHRASE_WINDOW_MS
+            t += vocab.REPHRASE_WINDOW_MS
         head = self._turn(S, t, q, "unknown", fail="unknown")
         if r.random() < self.p.unknown_repeat:
             self._chain(S, head, "unknown", via_stop=False)
 
-    def _attempt(self, dev: _Device, q: Req, mode: str, ok: bool) -> tuple[str, Req, str | None]:
+    def _attempt(self, dev: vocab.Device, q: vocab.Req, mode: str,
+                 ok: bool) -> tuple[str, vocab.Req, str | None]:
         """What the user says next: (ASR text, meaning, how it fails or None)."""
         r = self.r
         if mode == "systematic":
             if not ok:
                 return q.text if r.random() < 0.7 else "please " + q.text, q, mode
-            better = SYSTEMATIC[q.text].better
+            better = vocab.SYSTEMATIC[q.text].better
             text = dev.personal.get(q.text) or (better[0] if r.random() < 0.8 else r.choice(better))
-            return text, _systematic_req(text, q.text), None
+            return text, vocab.systematic_req(text, q.text), None
         if mode == "asr":
-            return (q.text, q, None) if ok else (_corrupt(q.text, r), q, mode)
+            return (q.text, q, None) if ok else (vocab.corrupt(q.text, r), q, mode)
         if mode == "nlu":  # say it differently: synonym / word order
-            f = FAMILIES[q.fam]
+            f = vocab.FAMILIES[q.fam]
             others = [i for i in range(len(f.phrasings)) if i != q.phr]
-            alt = _family_req(q.fam, r.choice(others), q.value) if others else q
+            alt = vocab.family_req(q.fam, r.choice(others), q.value) if others else q
             return alt.text, alt, None if ok else mode
         if mode == "unknown" and r.random() < 0.3:
             return "please " + q.text, q, mode
         return q.text, q, None if ok else mode  # exact repeat
 
-    def _chain(self, S: _Session, head: _Turn, mode: str, via_stop: bool) -> None:
+    def _chain(self, S: vocab.Session, head: vocab.Turn, mode: str, via_stop: bool) -> None:
         """1-3 restatements of ``head``, each of the previous attempt; success or give-up."""
         r, p = self.r, self.p
         n = r.randint(1, 2) if mode == "unknown" else 1
@@ -281,34 +256,35 @@ class _Sim:
         else:
             self._barge(prev)
 
-    def _stop(self, S: _Session, prev: _Turn) -> _Turn:
+    def _stop(self, S: vocab.Session, prev: vocab.Turn) -> vocab.Turn:
         ts = self._after(prev, self._intr(), 1500, 9500)
-        used = {normalize(T.ev["utterance"]) for T in S.turns[-6:] if T.stop}
-        text = self.r.choice([s for s in STOPS if s not in used])
+        used = {vocab.normalize(T.ev["utterance"]) for T in S.turns[-6:] if T.stop}
+        text = self.r.choice([s for s in vocab.STOPS if s not in used])
         intent = "Cancel" if text.startswith(("cancel", "never", "no ")) else "Stop"
-        return self._turn(S, ts, Req(text, STOP, 0, "", "Global", intent, {}, None,
-                                     (intent, text)), "stop")
+        return self._turn(S, ts, vocab.Req(text, vocab.STOP, 0, "", "Global", intent, {}, None,
+                                           (intent, text)), "stop")
 
-    def _followups(self, S: _Session, T: _Turn) -> None:
+    def _followups(self, S: vocab.Session, T: vocab.Turn) -> None:
         """Related but different requests: negatives a rephrase detector must not flag."""
         r, prob = self.r, self.p.followup
         while T.req.fam >= 0 and r.random() < prob:
-            f = FAMILIES[T.req.fam]
-            if f.name not in FOLLOW:
+            f = vocab.FAMILIES[T.req.fam]
+            if f.name not in vocab.FOLLOW:
                 return
             if f.intent == "PlayMusic" and r.random() < self.p.followup_long:
                 ts = T.ts + r.randint(60_000, 300_000)  # after listening for a while
                 if r.random() < 0.3:
-                    T = self._turn(S, ts, Req("stop", STOP, 0, "", "Global", "Stop", {}, None,
-                                              ("Stop", "stop")), "followup")
+                    stop = vocab.Req("stop", vocab.STOP, 0, "", "Global", "Stop", {}, None,
+                                     ("Stop", "stop"))
+                    T = self._turn(S, ts, stop, "followup")
                     return
-                q = _family_req(T.req.fam, r.randrange(len(f.phrasings)), r.choice(f.values))
+                q = vocab.family_req(T.req.fam, r.randrange(len(f.phrasings)), r.choice(f.values))
             else:
                 ts = r.randint(max(T.end + 300, T.ts + 2500), T.ts + 25_000)
-                name = r.choice(FOLLOW[f.name])
-                g = FAMILIES[FAMILY_INDEX[name]]
-                same = (f.name, name) in SAME_VALUE and r.random() < 0.6
-                q = _family_req(FAMILY_INDEX[name], r.randrange(len(g.phrasings)),
+                name = r.choice(vocab.FOLLOW[f.name])
+                g = vocab.FAMILIES[vocab.FAMILY_INDEX[name]]
+                same = (f.name, name) in vocab.SAME_VALUE and r.random() < 0.6
+                q = vocab.family_req(vocab.FAMILY_INDEX[name], r.randrange(len(g.phrasings)),
                                 T.req.value if same else r.choice(g.values))
             if self._restates(S, ts, q):
                 return
@@ -317,9 +293,10 @@ class _Sim:
 
     # --- sessions and the merged log -------------------------------------------------------
 
-    def session(self, dev: _Device, start: int, budget: int) -> list[tuple[int, bytes, dict]]:
+    def session(self, dev: vocab.Device, start: int, budget: int) -> list[tuple[int, bytes, dict]]:
         r = self.r
-        S = _Session(dev, dev.new_id("s"), user=r.choice(dev.users) if r.random() < 0.9 else None)
+        user = r.choice(dev.users) if r.random() < 0.9 else None
+        S = vocab.Session(dev, dev.new_id("s"), user=user)
         t, episodes = start, 1
         while episodes < 8 and r.random() < 0.55:
             episodes += 1
@@ -328,12 +305,12 @@ class _Sim:
             last = S.turns[-1]
             t = max(last.ts + 12_000, last.end + 1000) + r.randint(0, 60_000)
         if len(S.turns) + len(S.feedback) > budget:  # the last few events: one plain turn each
-            S = _Session(dev, dev.new_id("s"), user=S.user)
+            S = vocab.Session(dev, dev.new_id("s"), user=S.user)
             self._turn(S, start, self._pick(S, start)[0], "success")
         return self._finish(S)
 
     @staticmethod
-    def _finish(S: _Session) -> list[tuple[int, bytes, dict]]:
+    def _finish(S: vocab.Session) -> list[tuple[int, bytes, dict]]:
         """Serialise a session with the truth its events imply under the detector's rules."""
         rephrased = {T.rephrase_of for T in S.turns if T.rephrase_of}
         negative = {ev["ref_event_id"] for ev, _ in S.feedback if ev["value"] == "negative"}
@@ -343,13 +320,13 @@ class _Sim:
             ev = T.ev
             barge = "device" if "barge_in_ts" in ev else (
                 "timing" if nxt and nxt.ts < ev.get("tts_end_ts", 0) else None)
-            stop_next = nxt is not None and nxt.stop and nxt.ts - T.ts <= STOP_WINDOW_MS
+            stop_next = nxt is not None and nxt.stop and nxt.ts - T.ts <= vocab.STOP_WINDOW_MS
             on = (barge is not None, T.id in negative, T.id in rephrased, stop_next)
-            signals = [name for name, hit in zip(SIGNALS, on, strict=True) if hit]
+            signals = [name for name, hit in zip(vocab.SIGNALS, on, strict=True) if hit]
             truth = {"event_id": T.id, "device_id": S.dev.id, "barge_in": barge,
                      "rephrase_of": T.rephrase_of, "defective": bool(signals), "signals": signals,
                      "chain_id": T.chain, "chain_outcome": None,
-                     "utterance_norm": normalize(ev["utterance"]), "behaviour": T.behaviour}
+                     "utterance_norm": vocab.normalize(ev["utterance"]), "behaviour": T.behaviour}
             truths.append(truth)
             if T.chain:
                 last_of_chain[T.chain] = truth
@@ -381,7 +358,7 @@ class _Sim:
                 seq += 1
             made += len(session)
             gap = min(8 * 3_600_000, int(r.expovariate(1 / 2_400_000)))  # minutes to hours
-            heapq.heappush(devices, (session[-1][0] + SESSION_GAP_MIN_MS + gap, i))
+            heapq.heappush(devices, (session[-1][0] + vocab.SESSION_GAP_MIN_MS + gap, i))
         while pending:
             ts, _, line, truth = heapq.heappop(pending)
             yield ts, line, truth

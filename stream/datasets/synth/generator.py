@@ -1,15 +1,5 @@
-"""Synthetic interaction stream (schema v1) with known ground truth, for tests and benchmarks.
-
-Simulates many voice-assistant devices as one merged log: sessions of turns, rephrase chains,
-barge-ins, stop follow-ups, explicit feedback, unknown requests, personal phrasings and hard
-negatives (related follow-ups that are not rephrases). Every line comes with a truth dict that
-follows the detector's definitions, so detectors can be scored exactly. Pure Python, no Kafka.
-
->>> pairs = list(generate(300, 12, seed=1, malformed=4))
->>> len(pairs), sum(1 for _, t in pairs if "malformed" in t), "watermark" in pairs[-1][1]
-(305, 4, True)
->>> normalize("What's the weather in  Wilkerson, 'Washington'?")
-"what's the weather in wilkerson washington"
+"""The synthetic stream's entry points: ``generate`` (events with their truth), malformed
+lines, the behaviour ``Summary``, ``write`` and the command line.
 """
 
 from __future__ import annotations
@@ -23,58 +13,7 @@ from typing import Any
 
 import orjson
 
-from stream.synth_sim import _Sim
-from stream.synth_vocab import (
-    AFFIXES,
-    ARTISTS,
-    BASE_TS,
-    BOOKS,
-    CITIES,
-    COUNTRIES,
-    DURATIONS,
-    FAMILIES,
-    FAMILY_INDEX,
-    FEEDBACK_WINDOW_MS,
-    FOLLOW,
-    GENRES,
-    HEAD,
-    HOMOPHONES,
-    IMPERATIVE,
-    ITEMS,
-    NO_SLOT,
-    PEOPLE,
-    REPHRASE_WINDOW_MS,
-    ROOMS,
-    SAME_VALUE,
-    SESSION_GAP_MIN_MS,
-    SIGNALS,
-    STOP,
-    STOP_WINDOW_MS,
-    STOPS,
-    SYS,
-    SYSTEMATIC,
-    TIMES,
-    UNK,
-    UNKNOWN,
-    WORDS,
-    Family,
-    Probs,
-    Req,
-    Systematic,
-    normalize,
-    vocabulary,
-)
-
-# The generator lives in three modules; this one is the public API and re-exports the tables.
-__all__ = [
-    "BASE_TS", "REPHRASE_WINDOW_MS", "STOP_WINDOW_MS", "FEEDBACK_WINDOW_MS", "SESSION_GAP_MIN_MS",
-    "SIGNALS", "Probs", "GENRES", "ARTISTS", "CITIES", "DURATIONS", "TIMES", "ROOMS", "PEOPLE",
-    "COUNTRIES", "ITEMS", "BOOKS", "WORDS", "NO_SLOT", "Family", "FAMILIES", "FAMILY_INDEX",
-    "AFFIXES", "IMPERATIVE", "FOLLOW", "SAME_VALUE", "Systematic", "SYSTEMATIC", "STOPS",
-    "UNKNOWN", "HOMOPHONES", "HEAD", "normalize", "Req", "SYS", "STOP", "UNK", "vocabulary",
-    "MALFORMED", "default_utterances", "generate", "Summary", "summarize", "write", "main",
-]
-
+from stream.datasets.synth import sim, vocab
 
 MALFORMED = ("not_json", "truncated", "array", "missing_field", "wrong_type", "unknown_type",
              "bad_ts", "bad_satisfaction", "not_utf8", "empty_utterance", "control_char",
@@ -114,26 +53,26 @@ def _malformed(kind: str, k: int, ts: int, device: str, ref: str, r: random.Rand
 
 def default_utterances(n_events: int) -> int:
     """Distinct request utterances when not given: grows with the stream, capped by the vocab."""
-    return min(len(vocabulary()), max(30, n_events // 10))
+    return min(len(vocab.vocabulary()), max(30, n_events // 10))
 
 
 def generate(n_events: int, n_devices: int, n_utterances: int | None = None, seed: int = 0,
              malformed: int = 0, final_watermark: bool = True,
-             probs: Probs | None = None) -> Iterator[tuple[bytes, dict | None]]:
+             probs: vocab.Probs | None = None) -> Iterator[tuple[bytes, dict | None]]:
     """(JSONL line without newline, truth) pairs: ``n_events`` turn/feedback events, then
     ``malformed`` bad lines scattered among them (truth ``{"malformed": reason}``), then one
     watermark 10 minutes after the last event (truth ``{"watermark": ts}``)."""
     if n_devices < 1 and n_events > 0:
         raise ValueError("n_devices must be >= 1")
     n_utt = default_utterances(n_events) if n_utterances is None else n_utterances
-    sim = _Sim(n_devices, n_utt, seed, probs or Probs())
+    simulation = sim.Simulation(n_devices, n_utt, seed, probs or vocab.Probs())
     mr = random.Random(seed * 1_000_003 + 1)  # own stream: bad lines do not shift good ones
     at = sorted(mr.sample(range(n_events + malformed), malformed))
     kinds = [MALFORMED[i % len(MALFORMED)] for i in range(malformed)]
     mr.shuffle(kinds)
     line_no = k = 0
-    last_ts, device, ref = BASE_TS, "dev00000", "dev00000-1"
-    for ts, line, truth in sim.events(n_events):
+    last_ts, device, ref = vocab.BASE_TS, "dev00000", "dev00000-1"
+    for ts, line, truth in simulation.events(n_events):
         while k < malformed and at[k] == line_no:
             yield _malformed(kinds[k], k, last_ts, device, ref, mr), {"malformed": kinds[k]}
             k, line_no = k + 1, line_no + 1
@@ -218,7 +157,7 @@ def write(path_events: str, path_truth: str | None = None, **kw: Any) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m stream.synth",
+        prog="python -m stream.datasets.synth",
         description="Generate a synthetic interaction stream (schema v1) and its ground truth.")
     ap.add_argument("--events", type=int, default=4000, help="turn + feedback events")
     ap.add_argument("--devices", type=int, default=300)
@@ -238,6 +177,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:<{width}}  {value}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,8 +3,9 @@ synthetic stream.
 
 Request families with their phrasings and slot values, systematically misunderstood utterances,
 stop words, unknown requests and ASR near-homophones; ``vocabulary()`` expands them into every
-request utterance, most popular first. ``_Turn``, ``_Device`` and ``_Session`` are the records
-``stream.synth_sim`` fills. The public API is ``stream.synth``, which re-exports the public names.
+request utterance, most popular first. ``Turn``, ``Device`` and ``Session`` are the records
+``stream.datasets.synth.sim`` fills. The package ``stream.datasets.synth`` re-exports the public
+names.
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ class Req(NamedTuple):
 SYS, STOP, UNK = -1, -2, -3
 
 
-def _family_req(fi: int, pi: int, value: str, prefix: str = "", suffix: str = "") -> Req:
+def family_req(fi: int, pi: int, value: str, prefix: str = "", suffix: str = "") -> Req:
     f = FAMILIES[fi]
     slots = {f.slot: value} if f.slot else {}
     text = prefix + f.phrasings[pi].format(value) + suffix
@@ -296,7 +297,7 @@ def _family_req(fi: int, pi: int, value: str, prefix: str = "", suffix: str = ""
                (f.intent, value))
 
 
-def _systematic_req(text: str, base: str) -> Req:
+def systematic_req(text: str, base: str) -> Req:
     s = SYSTEMATIC[base]
     slots = {s.slot: s.value}
     if s.slot == "city" and text != base:
@@ -315,16 +316,16 @@ def vocabulary() -> tuple[Req, ...]:
                         prefix and phrasing.split()[0] not in IMPERATIVE):
                     continue
                 for v in f.values:
-                    q = _family_req(fi, pi, v, prefix, suffix)
+                    q = family_req(fi, pi, v, prefix, suffix)
                     by_text.setdefault(q.text, q)
     for base in SYSTEMATIC:
-        by_text[base] = _systematic_req(base, base)
+        by_text[base] = systematic_req(base, base)
     rest = [q for t, q in by_text.items() if t not in HEAD]
     random.Random(20240601).shuffle(rest)
     return tuple(by_text[t] for t in HEAD) + tuple(rest)
 
 
-def _corrupt(text: str, r: random.Random) -> str:
+def corrupt(text: str, r: random.Random) -> str:
     """A plausible ASR misrecognition: a near-homophone, else a clipped letter."""
     words = text.split()
     hits = [i for i, w in enumerate(words) if w in HOMOPHONES]
@@ -339,7 +340,7 @@ def _corrupt(text: str, r: random.Random) -> str:
     return " ".join(words)
 
 
-class _Turn:
+class Turn:
     __slots__ = ("ev", "ts", "id", "req", "stop", "rephrase_of", "chain", "behaviour")
 
     def __init__(self, ev: dict[str, Any], req: Req, behaviour: str) -> None:
@@ -356,7 +357,7 @@ class _Turn:
 
 
 @dataclasses.dataclass
-class _Device:
+class Device:
     id: str
     kind: str
     locale: str
@@ -372,12 +373,12 @@ class _Device:
 
 
 @dataclasses.dataclass
-class _Session:
-    dev: _Device
+class Session:
+    dev: Device
     id: str
-    turns: list[_Turn] = dataclasses.field(default_factory=list)
+    turns: list[Turn] = dataclasses.field(default_factory=list)
     feedback: list[tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(default_factory=list)
-    queued: list[tuple[_Turn, str, str]] = dataclasses.field(default_factory=list)
+    queued: list[tuple[Turn, str, str]] = dataclasses.field(default_factory=list)
     user: str | None = None
     state: str = "idle"
 
