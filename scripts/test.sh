@@ -4,16 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v promtool >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1 \
-        || ! command -v kcat >/dev/null 2>&1; then
+        || ! command -v kcat >/dev/null 2>&1 || ! command -v stunnel4 >/dev/null 2>&1; then
     # Debian: prometheus (real server + promtool) for the monitoring tests, docker-compose to
     # validate docker-compose.yml (no Docker engine needed for `config`), kcat for the interop
-    # test.
+    # test, stunnel4 as the TLS terminator in front of the broker for the TLS tests.
     if command -v apt-get >/dev/null 2>&1; then
         SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
         $SUDO apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus docker-compose kcat >/dev/null
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus docker-compose kcat stunnel4 >/dev/null
     else
-        echo "promtool/docker-compose/kcat missing and apt-get unavailable: install them first" >&2
+        echo "promtool/docker-compose/kcat/stunnel4 missing and apt-get unavailable: install them first" >&2
         exit 1
     fi
 fi

@@ -28,7 +28,7 @@ from stream.settings import Settings
 from stream.stats import EngineStats
 from stream.text import normalize
 from topologies import faust_fixes
-from topologies.kafka_io import security_kwargs
+from topologies.kafka_io import KafkaIOError, check_tls, security_kwargs, security_options
 from topologies.metrics import PipelineMetrics
 from topologies.processors import DeviceProcessor, Message, RateProcessor, RawKeyTable
 from topologies.publisher import OutputPublisher
@@ -73,6 +73,15 @@ def faust_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:
 
 
 app = faust.App(settings.app_id, **faust_config(settings))
+
+
+@app.on_worker_init.connect
+def _check_tls(sender: Any, **kwargs: Any) -> None:
+    # Before any client starts: Faust would retry, then die with a traceback that hides why.
+    try:
+        check_tls(settings.bootstrap_servers, **security_options(settings))
+    except KafkaIOError as exc:
+        raise SystemExit(f"feedback-stream worker: error: {exc}") from None
 
 
 def _raw_topic(name: str, partitions: int = settings.partitions) -> faust.TopicT:

@@ -160,6 +160,9 @@ class EmbeddedBroker:
 
     ``stop_timeout_s``: tansu waits ~5 s for open client connections after SIGTERM; with memory
     storage there is nothing to flush, so after this timeout the broker is killed instead.
+
+    ``advertised``: the ``host:port`` the broker tells clients to connect to (default: its own
+    listener), e.g. a TLS terminator in front of it (tansu cannot serve TLS itself).
     """
 
     def __init__(
@@ -174,8 +177,10 @@ class EmbeddedBroker:
         stop_timeout_s: float = 2.0,
         rust_log: str = "warn",
         die_with_parent: bool = True,
+        advertised: str | None = None,
     ) -> None:
         self.host = host
+        self.advertised = advertised
         self._requested_port = port
         self._port: int | None = port
         self.cluster_id = cluster_id or f"feedback-stream-{uuid.uuid4().hex[:8]}"
@@ -274,7 +279,8 @@ class EmbeddedBroker:
             binary, "broker",
             "--cluster-id", self.cluster_id,
             "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--advertised-listener-url",
+            f"tcp://{self.advertised}" if self.advertised else url,
             "--storage-engine", "memory://tansu/",
         ]
         env = dict(os.environ, RUST_LOG=self.rust_log, NO_COLOR="1")

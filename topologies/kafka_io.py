@@ -20,14 +20,15 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from topologies.kafka_produce import (
-    KafkaIOError,
     ProduceStats,
     produce_file,
     produce_file_async,
 )
 from topologies.kafka_security import (
     SECURITY_FIELDS,
+    KafkaIOError,
     _checked,
+    check_tls,
     security_kwargs,
     security_options,
 )
@@ -38,7 +39,7 @@ _TOPIC_ALREADY_EXISTS = 36
 
 # Security helpers and the JSONL replay live in their own modules; they are re-exported here.
 __all__ = [
-    "SECURITY_FIELDS", "KafkaIOError", "ProduceStats", "TopicRecord", "create_topics",
+    "SECURITY_FIELDS", "KafkaIOError", "ProduceStats", "TopicRecord", "check_tls", "create_topics",
     "produce_file", "produce_file_async", "read_topic", "read_topic_async", "security_kwargs",
     "security_options",
 ]
@@ -72,6 +73,7 @@ def create_topics(
                "configs": {"cleanup.policy": "compact"} if name in compacted else {}}
         for name, n in topics.items()
     }
+    check_tls(bootstrap, **security)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="feedback-stream-admin",
                                  request_timeout_ms=int(timeout_s * 1000),
@@ -121,6 +123,7 @@ async def read_topic_async(
     """Async form of :func:`read_topic`."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    check_tls(bootstrap, **security)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest", fetch_max_wait_ms=100,

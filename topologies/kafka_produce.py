@@ -21,14 +21,10 @@ from typing import Any
 import orjson
 
 from stream.settings import Settings
-from topologies.kafka_security import _checked, security_kwargs
+from topologies.kafka_security import KafkaIOError, _checked, check_tls, security_kwargs
 
 _ORJSON_MAX_BRACKETS = 512
 _MIN_TS, _MAX_TS = Settings.min_ts, Settings.max_ts
-
-
-class KafkaIOError(RuntimeError):
-    """A Kafka operation of ``topologies.kafka_io`` failed; the message says which and why."""
 
 
 @dataclasses.dataclass
@@ -219,6 +215,7 @@ async def produce_file_async(
         if not Path(path_or_lines).is_file():
             raise KafkaIOError(f"input file {path_or_lines} does not exist")
         total = _count_lines(Path(path_or_lines)) if progress else None
+    check_tls(bootstrap, **security)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, client_id="feedback-stream-produce", acks=1,
         linger_ms=linger_ms, max_batch_size=256 * 1024, enable_idempotence=False,

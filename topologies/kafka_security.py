@@ -7,6 +7,8 @@ library's own arguments. Re-exported by ``topologies.kafka_io``.
 
 from __future__ import annotations
 
+import socket
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,10 @@ SECURITY_FIELDS = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl
                    "ssl_cafile")
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class KafkaIOError(RuntimeError):
+    """A Kafka operation of ``topologies.kafka_io`` failed; the message says which and why."""
 
 
 def security_options(settings: Any = None, **overrides: str) -> dict[str, str]:
@@ -92,3 +98,56 @@ def security_kwargs(settings: Any = None, client: str = "kafka-python") -> dict[
     elif cafile:
         out["ssl_cafile"] = cafile
     return out
+
+
+_HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH (also IP address mismatch)
+_checked_tls: set[tuple[str, str]] = set()
+
+
+def check_tls(bootstrap: str, **security: str) -> None:
+    """Raise :class:`KafkaIOError` with a one-line reason if a bootstrap server's TLS
+    certificate does not verify with these settings (no-op for PLAINTEXT / SASL_PLAINTEXT).
+
+    Why: the client libraries only say "Unable to bootstrap" after their own timeouts, and
+    Faust prints a traceback; an untrusted CA or a wrong host name deserves a clear error at
+    once. Servers that cannot be reached at all are left to the clients (they retry). Checks
+    the way aiokafka, kafka-python and librdkafka do: the CA file (else the system store),
+    certificate chain and host name.
+    """
+    opts = _checked(security)
+    if not opts.get("security_protocol", "PLAINTEXT").upper().endswith("SSL"):
+        return
+    cafile = opts.get("ssl_cafile") or None
+    context = ssl.create_default_context(cafile=cafile)
+    for server in filter(None, (s.strip() for s in bootstrap.split(","))):
+        host, _, port = server.rpartition(":")
+        host = host.strip("[]")
+        if (server, cafile or "") in _checked_tls:
+            continue
+        try:
+            sock = socket.create_connection((host, int(port)), timeout=5.0)
+        except (OSError, ValueError):
+            continue
+        try:
+            with context.wrap_socket(sock, server_hostname=host):
+                pass
+        except ssl.SSLCertVerificationError as exc:
+            raise KafkaIOError(f"TLS to {server} refused: {_verify_reason(exc, cafile)}") from None
+        except (ssl.SSLError, OSError) as exc:
+            raise KafkaIOError(f"TLS handshake with {server} failed ({exc.__class__.__name__}: "
+                               f"{getattr(exc, 'reason', None) or exc}); is it a TLS "
+                               "listener?") from None
+        finally:
+            sock.close()
+        _checked_tls.add((server, cafile or ""))
+
+
+def _verify_reason(exc: ssl.SSLCertVerificationError, cafile: str | None) -> str:
+    reason = f"certificate verify failed: {exc.verify_message}"
+    if exc.verify_code == _HOSTNAME_MISMATCH:
+        return (f"{reason} (connect by a name the broker's certificate holds; the broker's "
+                "advertised listeners must use such a name too)")
+    if cafile:
+        return f"{reason} (the CA in FEEDBACK_STREAM_SSL_CAFILE={cafile} did not sign it)"
+    return (f"{reason} (set FEEDBACK_STREAM_SSL_CAFILE to the CA that signed the broker's "
+            "certificate)")
