@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from stream.devices import DeviceStage
+from stream.privacy import dead_letter_keeps_raw, pseudonymizer
 from stream.rates import RateStage
 from stream.records import CHAINS, DEAD_LETTER, RATE_UPDATES, Output
 from stream.rewrites import RewriteConfig, RewriteLayers
@@ -34,22 +35,30 @@ from stream.stats import EngineStats
 
 def dead_letter(reason: str, error: str, raw: bytes | str, event_type: str = "unknown",
                 device_id: str | None = None, source: dict[str, Any] | None = None,
-                max_raw_bytes: int = 65_536) -> Output:
+                max_raw_bytes: int = 65_536, keep_raw: bool = True) -> Output:
     """A ``dead-letter`` record. Raw inputs over ``max_raw_bytes`` are cut to that size (with
     ``raw_truncated``, the full ``raw_size`` and ``raw_sha256``): a record larger than Kafka's
     message limit could never be published and would stop the worker on every restart.
+    ``keep_raw=False`` keeps no byte of the input: ``raw`` is null, with size and SHA-256.
 
     >>> rec = dead_letter("too_large", "big", b"x" * 10, max_raw_bytes=4).record
     >>> rec["raw"], rec["raw_truncated"], rec["raw_size"]
     ('xxxx', True, 10)
+    >>> rec = dead_letter("invalid_json", "bad", b"x" * 10, keep_raw=False).record
+    >>> rec["raw"], rec["raw_encoding"], rec["raw_size"], rec["raw_sha256"][:8]
+    (None, None, 10, 'fc11d6f2')
     """
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     extra: dict[str, Any] = {}
-    if len(data) > max_raw_bytes:
-        extra = {"raw_truncated": True, "raw_size": len(data),
-                 "raw_sha256": hashlib.sha256(data).hexdigest()}
-        raw = data[:max_raw_bytes]
-    record = {"error": error, "reason": reason, **raw_field(raw), **extra,
+    if not keep_raw or len(data) > max_raw_bytes:
+        extra = {"raw_size": len(data), "raw_sha256": hashlib.sha256(data).hexdigest()}
+    if not keep_raw:
+        kept: dict[str, Any] = {"raw": None, "raw_encoding": None}
+    elif len(data) > max_raw_bytes:
+        kept = {**raw_field(data[:max_raw_bytes]), "raw_truncated": True}
+    else:
+        kept = raw_field(raw)
+    record = {"error": error, "reason": reason, **kept, **extra,
               "event_type": event_type, "device_id": device_id, "source": source}
     key = "" if source is None else ":".join(str(v) for v in source.values())
     return Output(DEAD_LETTER, key, record)
@@ -64,11 +73,16 @@ class DeviceEngine:
         self.settings = settings or Settings()
         self.stats = stats_ if stats_ is not None else EngineStats()
         self.parser = Parser(self.settings)
+        self.pseudonymize = pseudonymizer(self.settings)
+        self.keep_raw = dead_letter_keeps_raw(self.settings)
         self.devices = DeviceStage(self.settings, self.stats, emit_chains=emit_chains)
 
     def process(self, raw: bytes | str, source: dict[str, Any] | None = None) -> list[Output]:
         """All outputs caused by one raw message. Never raises on bad input."""
         event = self.parser.parse(raw)
+        if self.pseudonymize is not None:
+            # The one place identifiers enter: state, records, keys and tables see pseudonyms.
+            self.pseudonymize.event(event)
         self.devices.position = (
             (source["partition"], source["offset"])
             if source is not None and "partition" in source else None)
@@ -116,7 +130,7 @@ class DeviceEngine:
         self.stats.events[(etype, "dead_letter")] += 1
         self.stats.dead_letters[reason] += 1
         return dead_letter(reason, error, raw, etype, device_id, source,
-                           self.settings.dead_letter_max_raw_bytes)
+                           self.settings.dead_letter_max_raw_bytes, self.keep_raw)
 
     def flush(self) -> list[Output]:
         return self.devices.flush()

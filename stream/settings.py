@@ -71,6 +71,12 @@ class Settings:
     max_json_depth: int = 16
     dead_letter_max_raw_bytes: int = 65_536
     """Raw input kept in a dead-letter record; longer inputs are cut (with size + SHA-256)."""
+    dead_letter_raw: str = ""
+    """``prefix`` (up to ``dead_letter_max_raw_bytes``) or ``none`` (size + SHA-256 only);
+    empty: ``none`` when ``device_id_key`` is set, else ``prefix``."""
+    # --- privacy ---
+    device_id_key: str = dataclasses.field(default="", repr=False)
+    """Non-empty: device and event ids are replaced by keyed hashes (``stream.privacy``)."""
     min_ts: int = 946_684_800_000  # 2000-01-01
     max_ts: int = 4_102_444_800_000  # 2100-01-01
     # --- Kafka (used only by topologies/) ---

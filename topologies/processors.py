@@ -127,15 +127,38 @@ WATERMARK_PREFIX = "\x00watermark:"
 (device ids cannot hold control characters)."""
 
 
-@lru_cache(maxsize=1024)
+SALT_SEPARATOR = "\x00"
+"""Between a key and its salt (ids cannot hold control characters)."""
+
+
+@lru_cache(maxsize=65_536)
+def co_partitioned(key: str, partition: int, partitions: int) -> str:
+    """``key`` itself if the default partitioner puts it in ``partition``, else ``key`` with
+    the first salt that does: the table key of state that belongs to input ``partition``.
+
+    A device's state must sit in the changelog partition of its input partition (that is what
+    a worker restores when it gets the partition). The input key is the raw device id; the
+    state's id is a pseudonym when ``FEEDBACK_STREAM_DEVICE_ID_KEY`` is set (and may differ from
+    the key whenever a producer keys by something else), so it is salted into place.
+
+    >>> [partition_of(co_partitioned(k, 3, 4), 4) for k in ("a", "b", "c")]
+    [3, 3, 3]
+    >>> co_partitioned("dev1", partition_of("dev1", 4), 4)
+    'dev1'
+    """
+    salt = 0
+    salted = key
+    while partition_of(salted, partitions) != partition:
+        salted = f"{key}{SALT_SEPARATOR}{salt}"
+        salt += 1
+    return salted
+
+
 def watermark_key(partition: int, partitions: int) -> str:
     """A ``device-state`` key for ``partition``'s stream watermark and offset that the default
     partitioner puts in that same partition, so it is restored with that partition's devices
     and written after them in the same changelog partition."""
-    salt = 0
-    while partition_of(key := f"{WATERMARK_PREFIX}{partition}:{salt}", partitions) != partition:
-        salt += 1
-    return key
+    return co_partitioned(f"{WATERMARK_PREFIX}{partition}", partition, partitions)
 
 
 MAX_MERGED = 1_000
@@ -275,10 +298,12 @@ class DeviceProcessor:
         for partition, eng in self.engines.items():
             devices = eng.devices
             dirty, removed = devices.take_dirty()
+            n = self.settings.partitions
             for device_id in dirty:
-                self.table[device_id] = orjson.dumps(devices.export_device(device_id))
+                self.table[co_partitioned(device_id, partition, n)] = orjson.dumps(
+                    devices.export_device(device_id))
             for device_id in removed:
-                self.table.pop(device_id, None)
+                self.table.pop(co_partitioned(device_id, partition, n), None)
             position = (devices.watermark, self.offsets[partition])
             if position != self.saved.get(partition):
                 # Last: on the changelog (same partition), a restored watermark and offset

@@ -28,7 +28,14 @@ from stream.records import CHAINS, Output
 from stream.rewrites import RewriteMiner
 from stream.settings import Settings
 from stream.stats import EngineStats
-from topologies.processors import Message, decode, expand_chains, first_application
+from topologies.processors import (
+    Message,
+    co_partitioned,
+    decode,
+    expand_chains,
+    first_application,
+    partition_of,
+)
 
 GLOBAL_KEY = "global"
 
@@ -41,20 +48,41 @@ class PersonalRewrites:
         self.config = rewrite_configs(settings)[1]
         self.table = table
         self.stats = stats
+        self.partitions = settings.partitions
         self.miners: dict[str, RewriteMiner] = {}
         self.applied: dict[str, dict[str, list[Any]]] = {}
         """device id -> source positions of the chains its miner learned."""
+        self.homes: dict[str, int] = {}
+        """device id -> its input partition (from the chains' ``src``), whose changelog
+        partition holds the device's miner (``co_partitioned``)."""
         self.changed: set[str] = set()
 
     def reset(self) -> None:
         self.miners.clear()
         self.applied.clear()
+        self.homes.clear()
         self.changed.clear()
+
+    def _home(self, device_id: str) -> int:
+        return self.homes.get(device_id, partition_of(device_id, self.partitions))
+
+    def _stored(self, device_id: str) -> bytes | None:
+        """The device's miner snapshot; without a known home (an HTTP lookup) every
+        partition's key is tried, the device id's own partition first."""
+        home = self._home(device_id)
+        homes = [home] if device_id in self.homes else [
+            home, *(p for p in range(self.partitions) if p != home)]
+        for partition in homes:
+            blob = self.table.get(co_partitioned(device_id, partition, self.partitions))
+            if blob is not None:
+                self.homes[device_id] = partition
+                return blob
+        return None
 
     def miner(self, device_id: str) -> RewriteMiner:
         miner = self.miners.get(device_id)
         if miner is None:
-            blob = self.table.get(device_id)
+            blob = self._stored(device_id)
             if blob is None:
                 miner = RewriteMiner(self.config, "personal", device_id, self.stats)
                 self.applied[device_id] = {}
@@ -74,6 +102,8 @@ class PersonalRewrites:
         for out in outputs:
             if out.stream == CHAINS:
                 device_id = out.record["device_id"]
+                if out.record.get("src"):
+                    self.homes[device_id] = out.record["src"][0]
                 miner = self.miner(device_id)
                 if first_application(self.applied[device_id], out.record, None):
                     triggers += miner.learn_one(out.record)
@@ -87,12 +117,13 @@ class PersonalRewrites:
 
     def commit(self) -> None:
         for device_id in self.changed:
-            self.table[device_id] = orjson.dumps({"m": self.miners[device_id].to_dict(False),
-                                                  "s": self.applied[device_id]})
+            key = co_partitioned(device_id, self._home(device_id), self.partitions)
+            self.table[key] = orjson.dumps({"m": self.miners[device_id].to_dict(False),
+                                            "s": self.applied[device_id]})
         self.changed.clear()
 
     def lookup(self, utterance: str, device_id: str) -> dict[str, Any] | None:
-        if device_id not in self.miners and self.table.get(device_id) is None:
+        if device_id not in self.miners and self._stored(device_id) is None:
             return None
         return self.miner(device_id).get(utterance)
 
