@@ -22,6 +22,16 @@ if _ROOT not in sys.path:
 from topologies.broker import BrokerError, EmbeddedBroker  # noqa: E402
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that takes the broker fixture without the ``kafka`` marker would run in the core
+    suite (``-m "not kafka"``) and start a broker there: refuse it at collection."""
+    unmarked = [item.nodeid for item in items if "broker" in getattr(item, "fixturenames", ())
+                and not item.get_closest_marker("kafka")]
+    if unmarked:
+        raise pytest.UsageError("tests using the broker need @pytest.mark.kafka: "
+                                + ", ".join(unmarked))
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     """A running tansu broker for the whole session; failing to start fails the tests."""

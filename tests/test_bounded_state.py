@@ -21,9 +21,13 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from stream.datasets.synth import BASE_TS
 from stream.engine import FeedbackEngine
 from stream.settings import Settings
+
+pytestmark = pytest.mark.slow  # ~75 s alone: the core suite without it is quick
 
 N_EVENTS = int(os.environ.get("FEEDBACK_STREAM_TEST_BOUNDED_EVENTS", "1000000"))
 N_UTTERANCES = 200_000

@@ -54,6 +54,7 @@ def run_cli(*args: str, stdin: bytes | None = None,
 
 
 # --- the broker process ------------------------------------------------------------------
+@pytest.mark.kafka
 def test_broker_start_stop_and_port_reuse(broker: EmbeddedBroker) -> None:
     own = EmbeddedBroker()
     with own:
@@ -73,6 +74,7 @@ def test_broker_start_stop_and_port_reuse(broker: EmbeddedBroker) -> None:
     assert not own.running
 
 
+@pytest.mark.kafka
 def test_broker_port_in_use_is_a_clear_error(broker: EmbeddedBroker) -> None:
     with pytest.raises(BrokerError, match="already in use"):
         EmbeddedBroker(port=broker.port).start()
@@ -88,6 +90,7 @@ def test_broker_missing_binary_says_what_to_install(monkeypatch: pytest.MonkeyPa
         EmbeddedBroker().start()
 
 
+@pytest.mark.kafka
 def test_cli_broker_prints_bootstrap_and_stops_on_sigterm() -> None:
     proc = subprocess.Popen([sys.executable, "-c", CLI_SCRIPT, "broker"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -107,6 +110,7 @@ def test_cli_broker_prints_bootstrap_and_stops_on_sigterm() -> None:
 
 
 # --- topics ----------------------------------------------------------------------------------
+@pytest.mark.kafka
 def test_create_topics_is_idempotent(broker: EmbeddedBroker, unique_topic) -> None:
     plain, compacted = unique_topic("plain"), unique_topic("compacted")
     wanted = {plain: 3, compacted: 2}
@@ -134,6 +138,7 @@ def test_security_kwargs_per_client(tmp_path: Path) -> None:
 
 
 # --- produce / read ------------------------------------------------------------------------
+@pytest.mark.kafka
 def test_produce_file_round_trip(broker: EmbeddedBroker, unique_topic, tmp_path: Path) -> None:
     topic = unique_topic("interactions")
     create_topics(broker.bootstrap, {topic: 4})
@@ -177,6 +182,7 @@ def test_produce_file_round_trip(broker: EmbeddedBroker, unique_topic, tmp_path:
         assert max(earlier) < 2_500 <= min(later)
 
 
+@pytest.mark.kafka
 def test_produce_rate_cap_and_original_timing(broker: EmbeddedBroker, unique_topic) -> None:
     topic = unique_topic("paced")
     create_topics(broker.bootstrap, {topic: 2})
@@ -192,6 +198,7 @@ def test_produce_rate_cap_and_original_timing(broker: EmbeddedBroker, unique_top
     assert len(read_topic(broker.bootstrap, topic, timeout_s=2, expected=160)) == 160
 
 
+@pytest.mark.kafka
 def test_produce_from_stdin(broker: EmbeddedBroker, unique_topic,
                             monkeypatch: pytest.MonkeyPatch) -> None:
     topic = unique_topic("stdin")
@@ -203,6 +210,7 @@ def test_produce_from_stdin(broker: EmbeddedBroker, unique_topic,
     assert len(read_topic(broker.bootstrap, topic, timeout_s=2, expected=51)) == 51
 
 
+@pytest.mark.kafka
 def test_cli_produce_creates_topic_and_reads_stdin(broker: EmbeddedBroker, unique_topic) -> None:
     topic = unique_topic("cli")
     # orjson 3.8 segfaults on ~100k nested containers: the line must be sent, not kill produce.
@@ -219,6 +227,7 @@ def test_cli_produce_creates_topic_and_reads_stdin(broker: EmbeddedBroker, uniqu
     assert run_cli("produce", "--help").stdout.decode().count("watermark") >= 1
 
 
+@pytest.mark.kafka
 def test_read_of_a_topic_being_written_stops_after_max_s(broker: EmbeddedBroker,
                                                          unique_topic) -> None:
     """Without ``max_s`` a read waits for ``timeout_s`` without new records, which never
@@ -239,6 +248,7 @@ def test_read_of_a_topic_being_written_stops_after_max_s(broker: EmbeddedBroker,
     writer.join(30)
 
 
+@pytest.mark.kafka
 def test_produce_to_missing_topic_or_file_is_a_clear_error(broker: EmbeddedBroker,
                                                            tmp_path: Path) -> None:
     with pytest.raises(KafkaIOError, match="does not exist"):
@@ -248,6 +258,7 @@ def test_produce_to_missing_topic_or_file_is_a_clear_error(broker: EmbeddedBroke
 
 
 # --- other clients on the same records -------------------------------------------------------
+@pytest.mark.kafka
 def test_librdkafka_group_consumer_reads_produced_records(broker: EmbeddedBroker,
                                                           unique_topic) -> None:
     import confluent_kafka  # a declared test dependency: missing it fails, never skips
@@ -276,6 +287,7 @@ def test_librdkafka_group_consumer_reads_produced_records(broker: EmbeddedBroker
     assert all(k == orjson.loads(v)["device_id"].encode() for k, v in got)
 
 
+@pytest.mark.kafka
 def test_kafka_python_group_resumes_from_committed_offsets(broker: EmbeddedBroker,
                                                            unique_topic) -> None:
     from kafka import KafkaConsumer

@@ -114,6 +114,7 @@ def test_replay_serves_metrics_while_running(tmp_path):
         proc.wait()
 
 
+@pytest.mark.kafka
 def test_worker_command_serves_and_stops_cleanly_on_sigterm():
     """`feedback-stream worker` with no bootstrap servers starts the embedded broker and a
     worker; SIGTERM (docker stop) stops both and exits 0."""

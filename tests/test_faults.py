@@ -97,6 +97,7 @@ def check_final_rates(got: list[dict], expected: list[dict]) -> None:
 # ------------------------------------------------------------------------------------------------
 # (a) SIGKILL mid-stream
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.kafka
 def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
         broker, tmp_path, record_property):
     """A worker is killed (SIGKILL: no shutdown, no flush, no LeaveGroup) mid-stream; a second
@@ -190,6 +191,7 @@ def check_at_least_once(outputs: dict[str, list[dict]], expected_records: dict[s
     assert got[DEFECT_RATES] == expected[DEFECT_RATES]
 
 
+@pytest.mark.kafka
 def test_rebalances_mid_stream_lose_and_double_count_nothing(broker, tmp_path, record_property):
     """A second worker joins mid-stream (two partitions move to it while the first is
     processing batches) and leaves again gracefully (they move back).
@@ -247,6 +249,7 @@ def test_rebalances_mid_stream_lose_and_double_count_nothing(broker, tmp_path, r
 # ------------------------------------------------------------------------------------------------
 # (b) the broker stops and comes back (empty: memory storage) on the same port
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.kafka
 def test_broker_restart_is_not_silent(tmp_path):
     """Measured (tansu, memory storage; worker left running across the restart):
 
@@ -323,6 +326,7 @@ def committed_offsets(settings: Settings) -> dict[int, int]:
             if tp.topic == settings.input_topic}
 
 
+@pytest.mark.kafka
 def test_missing_output_topic_and_undeliverable_dead_letter(broker):
     """Two producer-side faults in one worker run.
 

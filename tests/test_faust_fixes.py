@@ -293,6 +293,7 @@ def test_recovery_fix_is_idempotent_and_seeks_before_resuming() -> None:
             uninstall_recovery_seek_fix()
 
 
+@pytest.mark.kafka
 @pytest.mark.timeout(240)
 def test_worker_restart_mid_stream_counts_exactly(broker: Any, tmp_path: Path) -> None:
     for attempt in range(2):

@@ -160,6 +160,7 @@ def dumps_any(value: Any, ascii_only: bool = True) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+@pytest.mark.slow
 @HYPOTHESIS
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=20))
 def test_arbitrary_bytes_never_raise_and_are_accounted_for(raws):
@@ -169,6 +170,7 @@ def test_arbitrary_bytes_never_raise_and_are_accounted_for(raws):
     acc.finish()
 
 
+@pytest.mark.slow
 @HYPOTHESIS
 @given(st.lists(st.text(ANY_CHAR, max_size=200), min_size=1, max_size=20))
 def test_arbitrary_text_never_raises_even_with_lone_surrogates(texts):
@@ -178,6 +180,7 @@ def test_arbitrary_text_never_raises_even_with_lone_surrogates(texts):
     acc.finish()
 
 
+@pytest.mark.slow
 @HYPOTHESIS
 @given(st.lists(st.tuples(json_values, st.booleans()), min_size=1, max_size=20))
 def test_arbitrary_json_values_never_raise(values):
@@ -193,6 +196,7 @@ EVENT_FIELDS = ("event_id", "device_id", "ts", "utterance", "user_id", "session_
                 "value")
 
 
+@pytest.mark.slow
 @HYPOTHESIS
 @given(st.lists(st.fixed_dictionaries(
     {"type": st.sampled_from(["turn", "feedback", "watermark"])},
@@ -273,6 +277,7 @@ def mutated(draw: st.DrawFn) -> tuple[bytes, bool]:
     return raw, how == "none"
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutated(), min_size=1, max_size=40))
@@ -295,6 +300,7 @@ def nesting(value: Any) -> int:
     return 0
 
 
+@pytest.mark.slow
 @HYPOTHESIS
 @given(json_values)
 def test_text_depth_scan_equals_real_nesting(value):
@@ -474,6 +480,7 @@ def test_mixed_stream_in_process(mixed):
     assert records["defects"] and records["rephrases"] and records["barge-ins"]
 
 
+@pytest.mark.kafka
 def test_mixed_stream_through_a_faust_worker(broker, mixed):
     lines, want = mixed["lines"], mixed["want"]
     uid = f"fuzz-{uuid.uuid4().hex[:6]}"
@@ -524,6 +531,7 @@ def test_mixed_stream_through_a_faust_worker(broker, mixed):
 # ------------------------------------------------------------------------------------------------
 # the replay tool (`feedback-stream produce`) on nasty lines
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.kafka
 def test_produce_survives_deeply_nested_lines(broker, unique_topic, tmp_path):
     """`produce` peeks into every line (key, watermark) with orjson.loads, which overflows the
     C stack on ~100k nested objects: the tool dies with SIGSEGV and the rest of the file is
@@ -540,6 +548,7 @@ def test_produce_survives_deeply_nested_lines(broker, unique_topic, tmp_path):
     assert len(read_topic(broker.bootstrap, topic, timeout_s=1.0, expected=3)) == 3
 
 
+@pytest.mark.kafka
 def test_produce_sends_invalid_watermark_once(broker, unique_topic):
     """A valid watermark goes to every partition (each partition's engine needs it); an
     invalid one (no ts, bad ts) is just a bad line and must be sent once, else the worker

@@ -98,6 +98,7 @@ def expected_n() -> Counter:
     return expected_counts(SAMPLE, Settings())
 
 
+@pytest.mark.kafka
 def test_faust_pipeline_equals_in_process_replay(broker, expected, expected_n):
     settings = pipeline_settings(broker, "equal")
     with WorkerProcess(settings) as worker:
@@ -112,6 +113,7 @@ def test_faust_pipeline_equals_in_process_replay(broker, expected, expected_n):
     assert all(isinstance(d["source"]["offset"], int) for d in dead)
 
 
+@pytest.mark.kafka
 def test_non_python_client_reads_output_topic(broker, expected, expected_n, tmp_path):
     """librdkafka (via confluent-kafka, and the kcat binary) reads a topic the worker wrote."""
     from confluent_kafka import Consumer
@@ -177,6 +179,7 @@ def _wait_for_plays(settings: Settings, at_least: int, timeout_s: float) -> int:
         time.sleep(0.5)
 
 
+@pytest.mark.kafka
 def test_restart_mid_stream_continues_from_table_state(broker, expected, expected_n,
                                                        tmp_path):
     settings = pipeline_settings(broker, "restart")
@@ -202,6 +205,7 @@ def test_restart_mid_stream_continues_from_table_state(broker, expected, expecte
             assert got[name].total() - expected[name].total() <= 50, name
 
 
+@pytest.mark.kafka
 def test_two_workers_in_one_group_equal_one(broker, expected, expected_n):
     settings = pipeline_settings(broker, "two")
     other = dataclasses.replace(settings, web_port=free_port())

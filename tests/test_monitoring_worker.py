@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.prom import prometheus_scraping, query
 from tests.test_kafka_pipeline import SAMPLE, pipeline_settings
 from topologies.kafka_io import produce_file
@@ -14,6 +16,7 @@ def value(base: str, expr: str) -> float:
     return float(result[0]["value"][1])
 
 
+@pytest.mark.kafka
 def test_prometheus_scrapes_running_worker(broker, tmp_path):
     settings = pipeline_settings(broker, "prom")
     expected = expected_counts(SAMPLE, settings)

@@ -211,6 +211,7 @@ def run_behind_stage1(settings, tables):
     return rates, rewrites
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("landing", [0, 3, 30, 45, 60, 90, 120, 10**9])
 @pytest.mark.parametrize("rewind", [0, 2])
 def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing, rewind):

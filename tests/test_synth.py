@@ -249,6 +249,7 @@ def test_utterance_count_is_reached() -> None:
     assert 0.7 * 5000 <= s["distinct_utterances"] <= 2 * 5000
 
 
+@pytest.mark.slow
 def test_large_run_is_fast_and_consistent() -> None:
     # 100k events take about two seconds; 1M (benchmarks) about twenty.
     check_stream(list(generate(100_000, 5000, seed=9, malformed=100)), 100_000, 100)
