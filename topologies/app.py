@@ -185,52 +185,7 @@ async def _on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
     log.info("assigned input partitions: %s", mine)
 
 
-_had_commits: set[tuple[str, int]] = set()
-"""Input partitions this worker has committed offsets for (Faust forgets them on revoke)."""
-
-
-def _remember_commits() -> None:
-    _had_commits.update((tp.topic, tp.partition)
-                        for tp, off in app.consumer._committed_offset.items()
-                        if off is not None and tp.topic == settings.input_topic)
-
-
-@app.on_partitions_assigned.connect
-async def _check_broker_kept_offsets(sender: Any, assigned: set, **kwargs: Any) -> None:
-    """A broker that lost its state (the embedded broker keeps everything in memory) must not
-    go unnoticed: input offsets this worker committed are gone from the group, so consuming on
-    from the old in-memory positions would silently skip every new record below them. Crash
-    (non-zero exit, CRITICAL log) and let a supervisor start a fresh worker instead."""
-    ours = {(tp.topic, tp.partition) for tp in assigned if tp.topic == settings.input_topic}
-    _remember_commits()
-    expected = ours & _had_commits
-    if not expected:
-        return
-    try:
-        on_broker = await asyncio.get_running_loop().run_in_executor(None, group_offsets)
-    except Exception as exc:  # broker unreachable right now: the next rebalance checks again
-        log.warning("could not read committed offsets to check the broker: %r", exc)
-        return
-    missing = sorted(expected - on_broker)
-    if missing:
-        message = (f"the broker lost this group's committed offsets for {missing} (restarted "
-                   f"with memory storage?): stopping instead of silently skipping input")
-        log.critical(message)
-        await app.crash(RuntimeError(message))
-
-
-def group_offsets() -> set[tuple[str, int]]:
-    """(topic, partition) with a committed offset for this app's group, read with
-    kafka-python (aiokafka's group-offset listing fails on tansu)."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
-                             request_timeout_ms=5_000, **security_kwargs(settings))
-    try:
-        offsets = admin.list_group_offsets(settings.app_id)[settings.app_id]
-    finally:
-        admin.close()
-    return {(tp.topic, tp.partition) for tp, meta in offsets.items() if meta.offset >= 0}
+faust_fixes.BrokerOffsetCheck(app, settings).install()
 
 
 @app.on_partitions_revoked.connect
@@ -253,7 +208,6 @@ async def _on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
 @app.timer(interval=5.0)
 async def refresh_gauges() -> None:
     """Gauges that need a look over the state: sizes, top-K, lag, watermark delay."""
-    _remember_commits()
     markov = (global_rewrites.miner.state_sizes()["states"] if global_rewrites.miner else 0)
     markov += sum(m.state_sizes()["states"] for m in personal.miners.values())
     metrics.set_state_sizes(devices.state_sizes()["devices"], rates.state_sizes(), markov)
@@ -264,7 +218,7 @@ async def refresh_gauges() -> None:
         metrics.set_watermark_delay(time.time() - watermark / 1000.0)
     consumer = app.consumer
     for tp in consumer.assignment():
-        read = consumer._read_offset.get(tp)  # Faust keeps no public per-partition position
+        read = faust_fixes.read_offset(consumer, tp)
         highwater = consumer.highwater(tp)  # from fetch responses: right even on tansu
         if read is not None and highwater is not None:
             metrics.set_lag(tp.topic, tp.partition, highwater - read - 1)

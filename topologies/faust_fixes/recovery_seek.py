@@ -1,21 +1,14 @@
-"""Faust workarounds for correctness on the embedded broker (tansu), kept in one place.
+"""Faust's race after table recovery: faust-streaming issue 596.
 
-1. :func:`install_recovery_seek_fix` - Faust's own race after table recovery
-   (faust-streaming issue 596, "A race condition in recovery causes unrecoverable gaps in
-   acked offsets", https://github.com/faust-streaming/faust/issues/596; still open for
-   faust-streaming 0.15.3). ``Recovery.on_recovery_completed`` resumes the input partitions
-   and only then seeks them to the committed offsets. The fetcher is already running at that
-   point (it was restoring the changelogs), so records fetched from the stale position in that
-   window are processed: some skipped, some processed twice. The fix seeks first, then resumes,
-   and seeks partitions without a committed offset to the earliest (aiokafka leaves those
-   where the fetcher left them, which was seen past records never processed).
-2. :func:`broker_settings_for_tansu` - app settings this broker needs (short sessions, one
-   record per produce batch because of its wrong "latest offset" answers).
-3. :func:`install_fetch_max_wait` - Faust hard-codes ``fetch_max_wait_ms=1500`` for its
-   consumer; tansu holds a fetch that finds no data for that long even when data arrives
-   meanwhile, which sets the worker's latency when it keeps up with its input.
-
-All are measured in ``tests/test_faust_fixes.py`` (worker restart mid-stream: exact counts).
+"A race condition in recovery causes unrecoverable gaps in acked offsets"
+(https://github.com/faust-streaming/faust/issues/596; still open for faust-streaming 0.15.3).
+``Recovery.on_recovery_completed`` resumes the input partitions and only then seeks them to the
+committed offsets. The fetcher is already running at that point (it was restoring the
+changelogs), so records fetched from the stale position in that window are processed: some
+skipped, some processed twice. The fix seeks first, then resumes, and seeks partitions without a
+committed offset to the earliest (aiokafka leaves those where the fetcher left them, which was
+seen past records never processed). Measured by ``tests/test_faust_fixes.py`` (worker restart
+mid-stream: exact counts).
 """
 
 from __future__ import annotations
@@ -24,6 +17,8 @@ import asyncio
 import inspect
 import logging
 from typing import Any
+
+from topologies.faust_fixes import consumer_internals
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +83,8 @@ async def _seek_uncommitted_to_earliest(self: Any, consumer: Any, assignment: se
     ``consumer_auto_offset_reset="earliest"`` means (the app skips what its restored state
     already covers)."""
     uncommitted = {tp for tp in assignment
-                   if not self._is_changelog_tp(tp) and not consumer._committed_offset.get(tp)}
+                   if not self._is_changelog_tp(tp)
+                   and not consumer_internals.committed_offsets(consumer).get(tp)}
     if not uncommitted:
         return
     earliest = await consumer.earliest_offsets(*uncommitted)
@@ -145,71 +141,3 @@ def recovery_seek_fix_installed() -> bool:
     from faust.tables.recovery import Recovery
 
     return getattr(Recovery, _MARKER, None) is not None
-
-
-def broker_settings_for_tansu(session_timeout_s: float = 6.0) -> dict[str, Any]:
-    """Faust app settings for the embedded tansu broker (harmless on real Kafka).
-
-    - Sessions: tansu holds a JoinGroup answer for about half the session timeout, so
-      Faust's default 60 s session means 30 s before a worker gets partitions.
-    - ``producer_max_batch_size=1`` (bytes: every batch holds exactly one record): tansu
-      answers "latest offset" with the first offset of the last batch + 1, so with multi-record
-      batches table recovery stops early (stale counts) or fails with ConsistencyError.
-      Faust has ONE producer per app for changelogs, topic sends and repartitioning alike
-      (``producer_max_batch_size`` feeds ``app.producer``), so this cannot be limited to the
-      changelog writes by configuration; it costs ~25% throughput on every send.
-    """
-    session = float(session_timeout_s)
-    return {
-        "broker_session_timeout": session,
-        "broker_heartbeat_interval": max(0.5, session / 6),
-        "broker_rebalance_timeout": session,
-        "producer_max_batch_size": 1,
-    }
-
-
-_FETCH_WAIT_MARKER = "_feedback_stream_original_create_worker_consumer"
-
-
-def install_fetch_max_wait(ms: int) -> None:
-    """Give Faust's worker consumer ``fetch_max_wait_ms=ms`` instead of its hard-coded 1500.
-
-    Faust exposes no setting for it, so ``_create_worker_consumer`` is wrapped and the value
-    set on the consumer before it starts (aiokafka hands it to its fetcher in ``start()``).
-    Idempotent; the last value wins. On tansu a bare consumer's p50 latency is 8 / 30 / 136
-    ms at 10 / 100 / 500 ms (bench/README.md); real Kafka answers as soon as data is there.
-    """
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    cls: Any = AIOKafkaConsumerThread
-    original = getattr(cls, _FETCH_WAIT_MARKER, None) or cls._create_worker_consumer
-
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = ms
-        return consumer
-
-    setattr(cls, _FETCH_WAIT_MARKER, original)
-    cls._create_worker_consumer = create_worker_consumer
-
-
-__all__ = [
-    "broker_settings_for_tansu",
-    "install_fetch_max_wait",
-    "install_recovery_seek_fix",
-    "recovery_seek_fix_installed",
-    "uninstall_recovery_seek_fix",
-]
-
-
-
-async def stop_debug_logging_after_startup(root: logging.Logger | None = None) -> None:
-    """Faust's worker puts the root logger at DEBUG for its start-up spinner (with ``-l warn``
-    or above: ``Worker._setup_spinner_handler``) and leaves it there: every aiokafka send then
-    builds a debug record that no handler prints (6% of the worker's CPU, bench/README.md).
-    Run it as an app task (the worker has set up logging by then): the logger goes back to
-    the lowest level of the handlers that print."""
-    root = root or logging.getLogger()
-    levels = [h.level for h in root.handlers if type(h).__name__ != "SpinnerHandler"]
-    if levels and root.level < min(levels):
-        root.setLevel(min(levels))

@@ -1,0 +1,39 @@
+"""Faust and broker workarounds, one module per workaround (shaped like Faust's ``fixups``).
+
+Each module names the upstream issue it works around (or says that none is filed) and is
+measured by ``tests/test_faust_fixes.py`` or the broker tests:
+
+- ``recovery_seek``: Faust resumes partitions before seeking them after table recovery
+  (faust-streaming issue 596): seek first; seek uncommitted partitions to the earliest.
+- ``tansu_settings``: app settings the embedded broker needs (short sessions, one record per
+  produce batch because of its wrong "latest offset" answers).
+- ``fetch_max_wait``: Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer.
+- ``startup_logging``: Faust's worker leaves the root logger at DEBUG after start-up.
+- ``broker_offsets``: crash when the broker lost the group's committed offsets (memory storage).
+- ``consumer_internals``: the only reads of Faust's private per-partition consumer offsets.
+
+``topologies.app`` installs them; nothing else in the app touches Faust internals.
+"""
+
+from topologies.faust_fixes.broker_offsets import BrokerOffsetCheck
+from topologies.faust_fixes.consumer_internals import committed_offsets, read_offset
+from topologies.faust_fixes.fetch_max_wait import install_fetch_max_wait
+from topologies.faust_fixes.recovery_seek import (
+    install_recovery_seek_fix,
+    recovery_seek_fix_installed,
+    uninstall_recovery_seek_fix,
+)
+from topologies.faust_fixes.startup_logging import stop_debug_logging_after_startup
+from topologies.faust_fixes.tansu_settings import broker_settings_for_tansu
+
+__all__ = [
+    "BrokerOffsetCheck",
+    "broker_settings_for_tansu",
+    "committed_offsets",
+    "install_fetch_max_wait",
+    "install_recovery_seek_fix",
+    "read_offset",
+    "recovery_seek_fix_installed",
+    "stop_debug_logging_after_startup",
+    "uninstall_recovery_seek_fix",
+]
