@@ -216,16 +216,17 @@ def test_worker_keeps_raw_device_ids_out_of_every_topic_and_answer(broker, strea
 
     # Every byte of every topic the worker wrote, output, internal and changelog alike.
     topics = all_topics_of(settings, uid)
-    assert {f"fs-{uid}-device-state-changelog", f"fs-{uid}-personal-rewrites-changelog",
-            settings.topic("rephrase-chains"), settings.topic(DEAD_LETTER)} <= set(topics)
+    changelogs = {f"fs-{uid}-{table}-changelog" for table in (
+        "device-state", "personal-rewrites", "defect-rates", "global-rewrites")}
+    assert changelogs | {settings.topic("rephrase-chains"), settings.topic("rate-updates"),
+                         settings.topic(DEAD_LETTER)} <= set(topics), topics
     scanned = Counter()
     for topic in topics:
         for rec in read_topic(settings.bootstrap_servers, topic, timeout_s=1.0):
             data = (rec.key or b"") + b"\x00" + (rec.value or b"")
             assert not leaks(data, ids), (topic, data[:300])
             scanned[topic] += 1
-    assert scanned[f"fs-{uid}-device-state-changelog"] > 0, scanned
-    assert scanned[f"fs-{uid}-personal-rewrites-changelog"] > 0, scanned
+    assert all(scanned[t] > 0 for t in changelogs), scanned
     for answer in answers:
         assert not leaks(answer, ids), answer
     # ... while the input topic of course holds them (the scan would see them).
