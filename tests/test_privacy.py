@@ -229,6 +229,8 @@ def test_worker_keeps_raw_device_ids_out_of_every_topic_and_answer(broker, strea
     assert all(scanned[t] > 0 for t in changelogs), scanned
     for answer in answers:
         assert not leaks(answer, ids), answer
+    log = worker.log_path.read_bytes()  # warn level, as `demo` runs it
+    assert not leaks(log, ids), log[-2000:]
     # ... while the input topic of course holds them (the scan would see them).
     raw_in = read_topic(settings.bootstrap_servers, settings.input_topic, timeout_s=1.0)
     assert leaks(b"".join(r.value or b"" for r in raw_in), ids) == ids
