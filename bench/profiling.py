@@ -43,6 +43,7 @@ _RECORD_BUILDERS = {
 _BY_MODULE = {
     "schema": PARSING, "devices": DEVICE, "session": DEVICE, "failure": DEVICE,
     "detectors": REPHRASE, "rates": RATES, "drift": RATES, "rewrites": REWRITES,
+    "rewrite_layers": REWRITES,
     "engine": DISPATCH,
 }
 _TEXT = {"similarity": REPHRASE, "_phonetic_tokens": REPHRASE, "_jaccard": REPHRASE,
@@ -301,9 +302,8 @@ class Sampler:
 _WORKER_PARTS = {"topologies": None, "faust": "faust", "mode": "faust", "aiokafka": "aiokafka",
                  "kafka": "aiokafka", "logging": "logging", "asyncio": "asyncio event loop",
                  "orjson": None}
+_PROCESSORS = "topologies: batch processors + table writes"
 _TOPOLOGY_FILES = {"publisher.py": "topologies: output publisher",
-                   "processors.py": "topologies: batch processors + table writes",
-                   "rewriting.py": "topologies: batch processors + table writes",
                    "app.py": "topologies: agent loop + metrics",
                    "metrics.py": "topologies: agent loop + metrics"}
 
@@ -319,6 +319,8 @@ def worker_category(frames: list[str]) -> str:
         if stage is not None:
             return f"core: {stage}"
         parts = Path(path).parts
+        if len(parts) >= 3 and parts[-3:-1] == ("topologies", "processors"):
+            return _PROCESSORS
         if len(parts) >= 2 and parts[-2] == "topologies":
             return _TOPOLOGY_FILES.get(parts[-1], "topologies: other")
         for part in parts[:-1]:

@@ -37,7 +37,7 @@ class DeviceStage:
     def __init__(
         self,
         settings: Settings | None = None,
-        stats_: EngineStats | None = None,
+        stats: EngineStats | None = None,
         scorer: RephraseScorer | None = None,
         emit_chains: bool = False,
     ) -> None:
@@ -45,7 +45,7 @@ class DeviceStage:
         self.emit_chains = emit_chains
         self.failure_thresholds = FailureThresholds.from_settings(self.s)
         """Emit ``rephrase-chains`` records (the rewrite miner's input) when chains end."""
-        self.stats = stats_ if stats_ is not None else EngineStats()
+        self.stats = stats if stats is not None else EngineStats()
         self.scorer = scorer or RephraseScorer(
             threshold=self.s.rephrase_threshold,
             low_asr_confidence=self.s.low_asr_confidence,

@@ -59,7 +59,7 @@ class DefectRateDrift:
 
     def __init__(self, min_plays: int = 30, max_keys: int = 10_000,
                  max_candidates: int = 100_000, delta: float = 0.002, confirm_plays: int = 50,
-                 min_change: float = 0.1, stats_: EngineStats | None = None) -> None:
+                 min_change: float = 0.1, stats: EngineStats | None = None) -> None:
         if min_plays < 1 or max_keys < 1 or max_candidates < 1 or confirm_plays < 1:
             raise ValueError("min_plays, max_keys, max_candidates, confirm_plays must be >= 1")
         self.min_plays = min_plays
@@ -68,7 +68,7 @@ class DefectRateDrift:
         self.delta = delta
         self.confirm_plays = confirm_plays
         self.min_change = min_change
-        self.stats = stats_
+        self.stats = stats
         # OrderedDicts: O(1) oldest-entry eviction (a plain dict scans tombstones).
         self.warming: OrderedDict[tuple[str, str], int] = OrderedDict()
         """Plays of keys without a detector yet, least recently updated first."""

@@ -18,7 +18,6 @@ between; this class chains them directly so a recorded stream can be replayed wi
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Iterable
 from typing import Any
@@ -27,7 +26,7 @@ from stream.devices import DeviceStage
 from stream.privacy import dead_letter_keeps_raw, pseudonymizer
 from stream.rates import RateStage
 from stream.records import CHAINS, DEAD_LETTER, RATE_UPDATES, Output
-from stream.rewrites import RewriteConfig, RewriteLayers
+from stream.rewrite_layers import RewriteLayers
 from stream.schema import Feedback, Invalid, Parser, Turn, raw_field
 from stream.settings import Settings
 from stream.stats import EngineStats
@@ -68,10 +67,10 @@ class DeviceEngine:
     """Parsing + stage 1. Emits ``rate-updates`` for stage 2 (and, with ``emit_chains``,
     ``rephrase-chains`` for rewrite mining) instead of applying them."""
 
-    def __init__(self, settings: Settings | None = None, stats_: EngineStats | None = None,
+    def __init__(self, settings: Settings | None = None, stats: EngineStats | None = None,
                  emit_chains: bool = False):
         self.settings = settings or Settings()
-        self.stats = stats_ if stats_ is not None else EngineStats()
+        self.stats = stats if stats is not None else EngineStats()
         self.parser = Parser(self.settings)
         self.pseudonymize = pseudonymizer(self.settings)
         self.keep_raw = dead_letter_keeps_raw(self.settings)
@@ -136,16 +135,6 @@ class DeviceEngine:
         return self.devices.flush()
 
 
-def rewrite_configs(s: Settings) -> tuple[RewriteConfig, RewriteConfig]:
-    """(global, personal) rewrite-mining configuration from the settings."""
-    base = RewriteConfig(min_support=s.rewrite_min_support,
-                         min_p_success=s.rewrite_min_p_success, min_gain=s.rewrite_min_gain,
-                         max_states=s.rewrite_max_states,
-                         max_neighbourhood=s.rewrite_max_neighbourhood,
-                         decide_every=s.rewrite_decide_every)
-    return base, dataclasses.replace(base, max_states=s.rewrite_personal_max_states)
-
-
 class FeedbackEngine:
     """All stages in one process: what ``feedback-stream replay`` runs."""
 
@@ -154,9 +143,7 @@ class FeedbackEngine:
         self.stats = EngineStats()
         self.stage1 = DeviceEngine(self.settings, self.stats, emit_chains=True)
         self.stage2 = RateStage(self.settings, self.stats)
-        global_config, personal_config = rewrite_configs(self.settings)
-        self.rewrites = RewriteLayers(global_config, personal_config,
-                                      self.settings.rewrite_personal_max_devices, self.stats)
+        self.rewrites = RewriteLayers.from_settings(self.settings, self.stats)
 
     def _chain(self, outputs: Iterable[Output]) -> list[Output]:
         result: list[Output] = []

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from river import stats
+from river import stats as river_stats
 
 # The scalar (Cython) entry point of the same Boost routine as the ``scipy.special.betaincinv``
 # ufunc: bit-identical results (tests/test_rates.py checks a grid) at half the cost per call,
@@ -56,7 +56,7 @@ def record_estimate(defects: int, successes: int) -> tuple[float, float, float]:
             round(high, 6))
 
 
-class DefectRateTracker(stats.base.Univariate):
+class DefectRateTracker(river_stats.base.Univariate):
     """Beta-Bernoulli estimate of P(defect) for one key."""
 
     __slots__ = ("plays", "defects", "updated_ts")
@@ -103,9 +103,9 @@ class RateStage:
     updated is evicted first (dict order is recency order: updated keys move to the end).
     """
 
-    def __init__(self, settings: Settings | None = None, stats_: EngineStats | None = None):
+    def __init__(self, settings: Settings | None = None, stats: EngineStats | None = None):
         self.settings = settings or Settings()
-        self.stats = stats_ if stats_ is not None else EngineStats()
+        self.stats = stats if stats is not None else EngineStats()
         # OrderedDict: O(1) least-recently-updated eviction (see DeviceStage.devices).
         self.trackers: dict[str, OrderedDict[str, DefectRateTracker]] = {
             k: OrderedDict() for k in KEY_TYPES}
@@ -113,7 +113,7 @@ class RateStage:
         """Keys (``key_type:key``) changed or evicted, for changelog writes (enable to track)."""
         s = self.settings
         self.drift = DefectRateDrift(min_plays=s.drift_min_plays, max_keys=s.drift_max_keys,
-                                     delta=s.drift_delta, stats_=self.stats)
+                                     delta=s.drift_delta, stats=self.stats)
 
     def apply(self, update: dict[str, Any], estimate: bool = True) -> list[Output]:
         """The new estimate of the update's key, and a drift alert if its rate changed.

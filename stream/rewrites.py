@@ -66,6 +66,7 @@ from typing import Any
 from stream import markov
 from stream.markov import State
 from stream.records import REWRITE_TRIGGERS, Output
+from stream.settings import Settings
 from stream.stats import EngineStats
 from stream.text import normalize
 
@@ -91,6 +92,18 @@ class RewriteConfig:
     """Chains learned between two re-decisions of the affected utterances; 1 = after every
     chain (default)."""
 
+    @classmethod
+    def from_settings(cls, settings: Settings, layer: str = "global") -> RewriteConfig:
+        """The ``global`` or ``personal`` layer's configuration (``rewrite_*`` settings; the
+        personal layer has its own state cap)."""
+        s = settings
+        return cls(min_support=s.rewrite_min_support, min_p_success=s.rewrite_min_p_success,
+                   min_gain=s.rewrite_min_gain,
+                   max_states=(s.rewrite_personal_max_states if layer == "personal"
+                               else s.rewrite_max_states),
+                   max_neighbourhood=s.rewrite_max_neighbourhood,
+                   decide_every=s.rewrite_decide_every)
+
     def __post_init__(self) -> None:
         if self.min_support < 1 or self.max_states < 2 or self.max_neighbourhood < 2:
             raise ValueError("min_support >= 1, max_states >= 2, max_neighbourhood >= 2")
@@ -100,7 +113,7 @@ class RewriteConfig:
             raise ValueError("0 < discount <= 1, prior >= 0, hysteresis >= 0")
 
 
-def _parse_chain(chain: Mapping[str, Any]) -> tuple[list[str], bool, int]:
+def parse_chain(chain: Mapping[str, Any]) -> tuple[list[str], bool, int]:
     utts, outcome, ts = chain.get("utterances"), chain.get("outcome"), chain.get("ts")
     device_id = chain.get("device_id")
     if (not isinstance(utts, list) or not utts or not all(isinstance(u, str) and u for u in utts)
@@ -114,13 +127,13 @@ class RewriteMiner:
     """One layer of rewrites: ``global`` (all chains) or ``personal`` (one device's chains)."""
 
     def __init__(self, config: RewriteConfig | None = None, layer: str = "global",
-                 device_id: str | None = None, stats_: EngineStats | None = None) -> None:
+                 device_id: str | None = None, stats: EngineStats | None = None) -> None:
         if layer not in LAYERS or (layer == "personal") != (device_id is not None):
             raise ValueError("layer 'global', or 'personal' with a device_id")
         self.config = config or RewriteConfig()
         self.layer = layer
         self.device_id = device_id
-        self.stats = stats_
+        self.stats = stats
         # least recently seen first; OrderedDict for O(1) oldest-first eviction
         self.states: OrderedDict[str, State] = OrderedDict()
         self.published: dict[str, dict[str, Any]] = {}
@@ -136,7 +149,7 @@ class RewriteMiner:
     def learn_one(self, chain: Mapping[str, Any]) -> list[Output]:
         """Count one finished chain, re-decide what it affects (with ``decide_every`` N > 1:
         what the last N chains affect, every N chains); returns rewrite-trigger records."""
-        return self._learn(*_parse_chain(chain))
+        return self.learn_parsed(*parse_chain(chain))
 
     def decide(self) -> list[Output]:
         """Re-decide what the chains learned since the last decision affect (nothing to do
@@ -152,8 +165,8 @@ class RewriteMiner:
                 self._decide_seeds(live, self._pending_ts, out, decided)
         return out
 
-    def _learn(self, utts: list[str], success: bool, ts: int) -> list[Output]:
-        """``learn_one`` of a chain ``_parse_chain`` accepted."""
+    def learn_parsed(self, utts: list[str], success: bool, ts: int) -> list[Output]:
+        """``learn_one`` of a chain ``parse_chain`` accepted."""
         utts = utts[-min(_MAX_CHAIN, self.config.max_states):]
         states = self.states
         for u in utts:
@@ -258,6 +271,11 @@ class RewriteMiner:
         if current is not None:
             self._withdraw(u, ts, out, p_u)
 
+    def withdraw_all(self, ts: int, out: list[Output]) -> None:
+        """Withdraw every published rewrite (the layer drops this miner)."""
+        for u in list(self.published):
+            self._withdraw(u, ts, out)
+
     def _withdraw(self, u: str, ts: int, out: list[Output], p_u: float | None = None) -> None:
         del self.published[u]
         rec = self._record(u, None, None, p_u, 0, ts)
@@ -306,144 +324,11 @@ class RewriteMiner:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], stats_: EngineStats | None = None,
+    def from_dict(cls, data: Mapping[str, Any], stats: EngineStats | None = None,
                   config: RewriteConfig | None = None) -> RewriteMiner:
         config = config or RewriteConfig(**data["config"])
-        miner = cls(config, data["layer"], data["device_id"], stats_)
+        miner = cls(config, data["layer"], data["device_id"], stats)
         markov.load(miner.states, data["states"], config.min_support)
         miner.published = {u: dict(rec) for u, rec in data["published"].items()}
         miner.evictions = data["evictions"]
         return miner
-
-
-class PersonalRewriteMiner:
-    """One small ``RewriteMiner`` per device, fed with that device's chains only.
-
-    At most ``max_devices`` miners; the least recently active device is dropped (its rewrites
-    are withdrawn so that a compacted topic does not keep them), counted in ``evictions``.
-    """
-
-    def __init__(self, config: RewriteConfig | None = None, max_devices: int = 10_000,
-                 stats_: EngineStats | None = None) -> None:
-        self.config = config or RewriteConfig(max_states=1_000)
-        self.max_devices = max_devices
-        self.stats = stats_
-        self.miners: OrderedDict[str, RewriteMiner] = OrderedDict()  # least recently active first
-        self.evictions = 0
-        # decide_every > 1 counts the layer's chains (a device alone rarely has N): devices
-        # with chains since the last decision, in order of their first one, and their number.
-        self._dirty: dict[str, None] = {}
-        self._since = 0
-
-    def learn_one(self, chain: Mapping[str, Any]) -> list[Output]:
-        utts, success, ts = _parse_chain(chain)  # invalid chains change nothing
-        return self._learn(chain["device_id"], utts, success, ts)
-
-    def _learn(self, device_id: str, utts: list[str], success: bool, ts: int) -> list[Output]:
-        miners = self.miners
-        miner = miners.get(device_id)
-        if miner is None:
-            miner = miners[device_id] = RewriteMiner(self.config, "personal", device_id,
-                                                     self.stats)
-        else:
-            miners.move_to_end(device_id)  # most recently active last (the eviction order)
-        out = miner._learn(utts, success, ts)
-        while len(miners) > self.max_devices:
-            oldest = miners.pop(next(iter(miners)))
-            for u in list(oldest.published):
-                oldest._withdraw(u, ts, out)
-            self.evictions += 1
-            if self.stats is not None:
-                self.stats.evictions["rewrite_device"] += 1
-        if self.config.decide_every > 1:
-            self._dirty[device_id] = None
-            self._since += 1
-            if self._since >= self.config.decide_every:
-                out += self.decide()
-        return out
-
-    def decide(self) -> list[Output]:
-        """``RewriteMiner.decide`` of every device with chains since the last decision, in
-        order of their first chain (an evicted device's pending work went with it)."""
-        out: list[Output] = []
-        dirty, self._dirty, self._since = self._dirty, {}, 0
-        for device_id in dirty:
-            miner = self.miners.get(device_id)
-            if miner is not None:
-                out += miner.decide()
-        return out
-
-    def get(self, utterance: str, device_id: str) -> dict[str, Any] | None:
-        miner = self.miners.get(device_id)
-        return None if miner is None else miner.get(utterance)
-
-    def state_sizes(self) -> dict[str, int]:
-        sizes = {"devices": len(self.miners), "states": 0, "transitions": 0,
-                 "support_pairs": 0, "published": 0}
-        for miner in self.miners.values():
-            for k, v in miner.state_sizes().items():
-                sizes[k] += v
-        return sizes
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able snapshot (``decide()`` first: pending work is not part of it)."""
-        if self._since:
-            raise RuntimeError("pending rewrite decisions: call decide() before to_dict()")
-        return {"config": dataclasses.asdict(self.config), "max_devices": self.max_devices,
-                "devices": [m.to_dict(with_config=False) for m in self.miners.values()],
-                "evictions": self.evictions}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any],
-                  stats_: EngineStats | None = None) -> PersonalRewriteMiner:
-        pm = cls(RewriteConfig(**data["config"]), data["max_devices"], stats_)
-        for d in data["devices"]:  # one shared config object, not one per device
-            pm.miners[d["device_id"]] = RewriteMiner.from_dict(d, stats_, pm.config)
-        pm.evictions = data["evictions"]
-        return pm
-
-
-class RewriteLayers:
-    """Global and personal layers fed together; ``lookup`` applies their precedence."""
-
-    def __init__(self, global_config: RewriteConfig | None = None,
-                 personal_config: RewriteConfig | None = None, max_devices: int = 10_000,
-                 stats_: EngineStats | None = None) -> None:
-        self.global_ = RewriteMiner(global_config, "global", None, stats_)
-        self.personal = PersonalRewriteMiner(personal_config, max_devices, stats_)
-
-    def learn_one(self, chain: Mapping[str, Any]) -> list[Output]:
-        utts, success, ts = _parse_chain(chain)  # once for both layers
-        return (self.global_._learn(utts, success, ts)
-                + self.personal._learn(chain["device_id"], utts, success, ts))
-
-    def decide(self) -> list[Output]:
-        """Both layers' pending decisions (``decide_every`` > 1): at the end of a stream or
-        batch, and before ``to_dict``."""
-        return self.global_.decide() + self.personal.decide()
-
-    def lookup(self, utterance: str, device_id: str | None = None) -> dict[str, Any] | None:
-        """The rewrite to apply: the device's own published rewrite if any, else the global one.
-
-        A personal rewrite is only published with ``min_support`` of the device's own chains,
-        so one odd session does not override the global layer.
-        """
-        if device_id is not None:
-            rec = self.personal.get(utterance, device_id)
-            if rec is not None:
-                return rec
-        return self.global_.get(utterance)
-
-    def state_sizes(self) -> dict[str, dict[str, int]]:
-        return {"global": self.global_.state_sizes(), "personal": self.personal.state_sizes()}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"global": self.global_.to_dict(), "personal": self.personal.to_dict()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any],
-                  stats_: EngineStats | None = None) -> RewriteLayers:
-        layers = cls(stats_=stats_)
-        layers.global_ = RewriteMiner.from_dict(data["global"], stats_)
-        layers.personal = PersonalRewriteMiner.from_dict(data["personal"], stats_)
-        return layers

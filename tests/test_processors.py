@@ -15,7 +15,9 @@ from stream.records import CHAINS, DEAD_LETTER, DEFECT_RATES, RATE_UPDATES
 from stream.settings import Settings
 from topologies.processors import (
     DeviceProcessor,
+    GlobalRewriteProcessor,
     Message,
+    PersonalRewrites,
     RateProcessor,
     coalesce,
     decode,
@@ -23,7 +25,6 @@ from topologies.processors import (
     expand_rate_updates,
     partition_of,
 )
-from topologies.rewriting import GlobalRewriteProcessor, PersonalRewrites
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
 PARTITIONS = 4
@@ -308,9 +309,9 @@ def test_merged_records_are_capped_and_keep_order(monkeypatch):
     """However large the batch, a merged record holds at most MAX_MERGED items (Kafka's
     message size), and a key's records come out in the order of their items."""
     from stream.records import Output
-    from topologies import processors
+    from topologies.processors import merging
 
-    monkeypatch.setattr(processors, "MAX_MERGED", 3)
+    monkeypatch.setattr(merging, "MAX_MERGED", 3)
     outputs = [Output(RATE_UPDATES, f"intent:{k}", {"key_type": "intent", "key": k,
                                                     "defective": False, "ts": n,
                                                     "event_id": f"e{n}"})

@@ -17,16 +17,10 @@ import pytest
 from stream.engine import FeedbackEngine
 from stream.markov import NO_COUNTS, NO_NAMES
 from stream.records import CHAINS, Output
-from stream.rewrites import (
-    REWRITE_TRIGGERS,
-    PersonalRewriteMiner,
-    RewriteConfig,
-    RewriteLayers,
-    RewriteMiner,
-)
+from stream.rewrite_layers import PersonalRewriteMiner, RewriteLayers
+from stream.rewrites import REWRITE_TRIGGERS, RewriteConfig, RewriteMiner
 from stream.settings import Settings
-from topologies.processors import Message
-from topologies.rewriting import GlobalRewriteProcessor, PersonalRewrites
+from topologies.processors import GlobalRewriteProcessor, Message, PersonalRewrites
 
 WILK = "weather in wilkerson"
 
@@ -584,4 +578,4 @@ def test_topology_decides_at_the_end_of_each_batch() -> None:
     outputs = [Output(CHAINS, c["device_id"], c) for c in chains[:500]]
     personal.learn(outputs)
     personal.commit()
-    assert table and all(m._since == 0 for m in personal.miners.values())
+    assert table and all(m._since == 0 for m in personal.layer.miners.values())

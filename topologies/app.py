@@ -30,9 +30,15 @@ from stream.text import normalize
 from topologies import faust_fixes
 from topologies.kafka_io import KafkaIOError, check_tls, security_kwargs, security_options
 from topologies.metrics import PipelineMetrics
-from topologies.processors import DeviceProcessor, Message, RateProcessor, RawKeyTable
+from topologies.processors import (
+    DeviceProcessor,
+    GlobalRewriteProcessor,
+    PersonalRewrites,
+    RateProcessor,
+    RawKeyTable,
+)
 from topologies.publisher import OutputPublisher
-from topologies.rewriting import GlobalRewriteProcessor, PersonalRewrites
+from topologies.types import BatchProcessor, Message
 
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
@@ -123,8 +129,7 @@ _in_flight: dict[int, asyncio.Lock] = {}
 them before the processors drop their in-memory state (the batch's changes until commit)."""
 
 
-async def _run(stream: faust.StreamT,
-               processor: DeviceProcessor | RateProcessor | GlobalRewriteProcessor) -> None:
+async def _run(stream: faust.StreamT, processor: BatchProcessor) -> None:
     try:
         async for batch in stream.take_events(settings.batch_size,
                                               within=settings.batch_within_s):
@@ -196,10 +201,8 @@ async def _on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
     for lock in locks:
         await lock.acquire()
     try:
-        devices.reset()
-        rates.reset()
-        personal.reset()
-        global_rewrites.reset()
+        for processor in (devices, rates, global_rewrites):
+            processor.reset()  # stage 1 resets its personal rewrite layer too
     finally:
         for lock in locks:
             lock.release()
@@ -208,8 +211,7 @@ async def _on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
 @app.timer(interval=5.0)
 async def refresh_gauges() -> None:
     """Gauges that need a look over the state: sizes, top-K, lag, watermark delay."""
-    markov = (global_rewrites.miner.state_sizes()["states"] if global_rewrites.miner else 0)
-    markov += sum(m.state_sizes()["states"] for m in personal.miners.values())
+    markov = global_rewrites.state_sizes()["states"] + personal.state_sizes()["states"]
     metrics.set_state_sizes(devices.state_sizes()["devices"], rates.state_sizes(), markov)
     metrics.set_top_defects([(key, t.get(), t.plays)
                              for key, t in rates.stage.top_defective(settings.top_k)])

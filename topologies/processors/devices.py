@@ -1,0 +1,135 @@
+"""Stage 1 over batches: one ``DeviceEngine`` per input partition, device states in the
+``device-state`` table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping
+
+import orjson
+
+from stream.engine import DeviceEngine
+from stream.records import Output
+from stream.settings import Settings
+from stream.stats import EngineStats
+from topologies.processors.merging import coalesce
+from topologies.processors.state import co_partitioned, decode, partition_of
+from topologies.types import ChainLearner, Message
+
+WATERMARK_PREFIX = "\x00watermark:"
+"""Table keys of each input partition's stream watermark and last processed input offset
+(device ids cannot hold control characters)."""
+
+
+def watermark_key(partition: int, partitions: int) -> str:
+    """A ``device-state`` key for ``partition``'s stream watermark and offset that the default
+    partitioner puts in that same partition, so it is restored with that partition's devices
+    and written after them in the same changelog partition."""
+    return co_partitioned(f"{WATERMARK_PREFIX}{partition}", partition, partitions)
+
+
+class DeviceProcessor:
+    """Stage 1 over batches: one ``DeviceEngine`` per input partition."""
+
+    def __init__(self, settings: Settings, table: MutableMapping[str, bytes],
+                 stats: EngineStats | None = None, chains: ChainLearner | None = None) -> None:
+        """``chains`` (the personal rewrite layer) gets each batch's outputs and returns
+        rewrite triggers; ``rephrase-chains`` records stay in the outputs for the global
+        layer."""
+        self.settings = settings
+        self.table = table
+        self.stats = stats if stats is not None else EngineStats()
+        self.chains = chains
+        self.engines: dict[int, DeviceEngine] = {}
+        self.offsets: dict[int, int] = {}
+        """Input partition -> offset of the last message processed (-1: none)."""
+        self.saved: dict[int, tuple[int, int]] = {}
+        """Input partition -> (stream watermark, offset) as last written to the table."""
+
+    def reset(self) -> None:
+        """Forget in-memory state (after a rebalance); it is reloaded from the table."""
+        self.engines.clear()
+        self.offsets.clear()
+        self.saved.clear()
+        if self.chains is not None:
+            self.chains.reset()
+
+    def engine(self, partition: int) -> DeviceEngine:
+        eng = self.engines.get(partition)
+        if eng is None:
+            eng = self.engines[partition] = DeviceEngine(
+                self.settings, self.stats, emit_chains=self.chains is not None)
+            eng.devices.changes.enabled = True
+            n = self.settings.partitions
+            states = []
+            for key, blob in list(self.table.items()):
+                if blob is None:  # a deletion (tombstone) restored from the changelog
+                    continue
+                if partition_of(key, n) != partition:
+                    continue
+                data = decode(blob)
+                if key.startswith(WATERMARK_PREFIX):
+                    eng.devices.import_watermark(data["watermark"])
+                    self.offsets[partition] = data.get("offset", -1)
+                else:
+                    states.append(data)
+            # Least recently active first, as the running stage keeps them (idle expiry).
+            for data in sorted(states, key=lambda d: d["last_ts"]):
+                eng.devices.import_device(data)
+            self.offsets.setdefault(partition, -1)
+            self.saved[partition] = (eng.devices.watermark, self.offsets[partition])
+        return eng
+
+    def process(self, batch: Iterable[Message]) -> list[Output]:
+        """Outputs of a batch. State changes stay in memory until ``commit``."""
+        outputs: list[Output] = []
+        offsets = self.offsets
+        for msg in batch:
+            eng = self.engine(msg.partition)
+            if msg.offset <= offsets[msg.partition]:
+                # Re-delivered (input offsets are committed after the state is written): the
+                # restored state holds its effects and its outputs went out. Processing it
+                # again could even dead-letter it as late, were its device expired since.
+                eng.count_redelivered(msg.value)
+                continue
+            offsets[msg.partition] = msg.offset
+            source = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
+            outputs += eng.process(msg.value, source)
+        if self.chains is not None:
+            outputs += self.chains.learn(outputs)
+        return coalesce(outputs)
+
+    def commit(self) -> None:
+        """Write the state the last batches changed to the table: call it after their outputs
+        were acknowledged, so a crash in between makes the batch run again (at-least-once)
+        instead of finding its events already in the state (lost outputs).
+
+        Order matters when a crash lets only the first writes land: personal miners first
+        (a miner ahead of its device state re-learns nothing: re-emitted chains are
+        recognised), then the devices, then each partition's watermark."""
+        if self.chains is not None:
+            self.chains.commit()
+        for partition, eng in self.engines.items():
+            devices = eng.devices
+            dirty, removed = devices.take_dirty()
+            n = self.settings.partitions
+            for device_id in dirty:
+                self.table[co_partitioned(device_id, partition, n)] = orjson.dumps(
+                    devices.export_device(device_id))
+            for device_id in removed:
+                self.table.pop(co_partitioned(device_id, partition, n), None)
+            position = (devices.watermark, self.offsets[partition])
+            if position != self.saved.get(partition):
+                # Last: on the changelog (same partition), a restored watermark and offset
+                # imply the device states written before them.
+                key = watermark_key(partition, self.settings.partitions)
+                self.table[key] = orjson.dumps({"watermark": position[0],
+                                                "offset": position[1]})
+                self.saved[partition] = position
+
+    def state_sizes(self) -> dict[str, int]:
+        return {"devices": sum(len(e.devices.devices) for e in self.engines.values())}
+
+    def watermark(self) -> int:
+        """Lowest stream watermark (event-time ms) over the partitions processed here."""
+        marks = [e.devices.watermark for e in self.engines.values() if e.devices.watermark]
+        return min(marks, default=0)
