@@ -37,14 +37,17 @@ STAGES = (PARSING, DEVICE, REPHRASE, RATES, REWRITES, RECORDS, DISPATCH, OTHER)
 
 # Functions whose main work is building output dicts (they also do a little stage logic).
 _RECORD_BUILDERS = {
-    ("devices", "_finalize"), ("devices", "_barge_in"), ("devices", "_teachable"),
-    ("rates", "record"), ("engine", "dead_letter"), ("schema", "raw_field"),
+    ("devices", "_finalize"), ("detectors", "teachable_moment"), ("rates", "estimate_output"),
+    ("schema", "raw_field"),
 }
+# stream.detectors holds every implicit signal; only the rephrase search is "rephrase scoring".
+_DEVICE_DETECTORS = {"on_turn", "_record", "mark", "emit", "teachable", "barge_in_source",
+                     "prev", "later"}
 _BY_MODULE = {
     "schema": PARSING, "devices": DEVICE, "session": DEVICE, "failure": DEVICE,
     "detectors": REPHRASE, "rates": RATES, "drift": RATES, "rewrites": REWRITES,
     "rewrite_layers": REWRITES,
-    "engine": DISPATCH,
+    "engine": DISPATCH, "records": RECORDS,
 }
 _TEXT = {"similarity": REPHRASE, "_phonetic_tokens": REPHRASE, "_jaccard": REPHRASE,
          "is_stop_phrase": DEVICE}
@@ -64,6 +67,8 @@ def stage_of(path: str, func: str) -> str | None:
         return RECORDS
     if module == "text":
         return _TEXT.get(func)  # normalize: parsing or device stage, by caller
+    if module == "detectors" and func in _DEVICE_DETECTORS:
+        return DEVICE
     return _BY_MODULE.get(module)
 
 

@@ -1,9 +1,34 @@
-"""Barge-in and rephrase detection for pairs of turns of one device.
+"""Implicit-feedback detectors: one class per signal, registered in ``DETECTORS``.
 
-The rephrase scorer is a small logistic model over text-similarity and context features. It
-follows river's classifier protocol (``predict_proba_one``), so a learned river model, e.g.
-``river.linear_model.LogisticRegression`` trained with ``learn_one`` on labelled pairs, can
-replace it without touching the detector.
+Stage 1 (``stream.devices.DeviceStage``) puts every new turn of a device in place among the
+device's pending turns and hands a ``TurnContext`` to each registered detector, in order. A
+detector marks signals on turns (they end up in ``defects.signals`` and make the turn
+defective), emits records through the context, or both. The built-in ones: ``BargeIn``,
+``StopFollowUp``, ``Rephrase`` (with ``RephraseScorer``, a small logistic model over text
+similarity) and ``UnknownConcept``.
+
+A new signal is one class and one line in ``DETECTORS`` (or ``DeviceStage(detectors=...)``):
+
+>>> from stream.devices import DeviceStage
+>>> from stream.schema import Turn
+>>> class VolumeComplaint(Detector):
+...     # "louder" right after a response: the previous one was hard to hear
+...     signal = "volume_complaint"
+...     unhappy = True  # failure attribution may blame the result
+...
+...     def on_turn(self, ctx: TurnContext) -> None:
+...         prev = ctx.prev
+...         if prev is not None and ctx.turn.norm == "louder" and ctx.turn.ts - prev.ts < 10_000:
+...             ctx.mark(prev, self.signal)
+>>> stage = DeviceStage(detectors=[*DETECTORS, VolumeComplaint])
+>>> for n, text in enumerate(["play jazz", "louder"]):
+...     _ = stage.on_turn(Turn(f"e{n}", "d1", 1_700_000_000_000 + n * 3_000, text, text))
+>>> [(o.record["event_id"], o.record["signals"]) for o in stage.flush() if o.stream == "defects"]
+[('e0', ['volume_complaint'])]
+
+The rephrase scorer follows river's classifier protocol (``predict_proba_one``), so a learned
+river model, e.g. ``river.linear_model.LogisticRegression`` trained with ``learn_one`` on
+labelled pairs, can replace it without touching the detector.
 
 >>> scorer = RephraseScorer()
 >>> prev = TurnState("e1", 0, "play harry potter", "play harry potter", intent="PlayVideo")
@@ -18,10 +43,15 @@ False
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from stream.session import TurnState
+from stream import records
+from stream.records import BARGE_IN, NEGATIVE_FEEDBACK, REPHRASED, STOP_FOLLOWUP, Output
+from stream.session import DeviceState, TurnState
+from stream.settings import Settings
+from stream.stats import EngineStats
 from stream.text import similarity
 
 UNKNOWN_INTENTS = frozenset({"unknown", "Unknown", "UNKNOWN", "none", "fallback"})
@@ -29,6 +59,69 @@ UNKNOWN_INTENTS = frozenset({"unknown", "Unknown", "UNKNOWN", "none", "fallback"
 
 class ProbaClassifier(Protocol):
     def predict_proba_one(self, x: dict[str, float]) -> dict[bool, float]: ...
+
+
+@dataclasses.dataclass
+class TurnContext:
+    """What a detector sees of one new turn: the device's state with the turn already among
+    its pending turns (sorted by ts; a late turn takes its place in event time), and where to
+    put records and counts."""
+
+    device: DeviceState
+    turn: TurnState
+    at: int
+    """Index of ``turn`` in ``device.pending``."""
+    settings: Settings
+    stats: EngineStats
+    out: list[Output]
+
+    @property
+    def prev(self) -> TurnState | None:
+        """The device's pending turn just before this one in event time."""
+        return self.device.pending[self.at - 1] if self.at else None
+
+    @property
+    def later(self) -> TurnState | None:
+        """The pending turn just after this one (only for a turn that arrived late)."""
+        pending = self.device.pending
+        return pending[self.at + 1] if self.at + 1 < len(pending) else None
+
+    def mark(self, turn: TurnState, signal: str) -> None:
+        """``turn`` carries ``signal``: it is defective when it becomes final."""
+        turn.add_signal(signal)
+
+    def emit(self, output: Output) -> None:
+        self.out.append(output)
+
+    def teachable(self, reason: str, event_ids: list[str], utterance: str | None,
+                  ts: int) -> None:
+        """A ``teachable-moments`` record of this device."""
+        teachable_moment(self.stats, self.out, self.device.device_id, reason, event_ids,
+                         utterance, ts)
+
+
+def teachable_moment(stats: EngineStats, out: list[Output], device_id: str, reason: str,
+                     event_ids: list[str], utterance: str | None, ts: int,
+                     **extra: Any) -> None:
+    stats.signals["teachable_moment"] += 1
+    out.append(records.teachable_moment(device_id, reason, event_ids, utterance, ts, **extra))
+
+
+class Detector:
+    """One implicit-feedback signal. Subclass it, set ``signal`` (the name that lands in
+    ``defects.signals``; also the teachable-moment reason of detectors that only teach) and
+    ``unhappy`` (True when the signal means the user disliked the response: failure
+    attribution then blames the result if nothing else explains the defect), implement
+    ``on_turn``, and register the class (see the module docstring)."""
+
+    signal: ClassVar[str] = ""
+    unhappy: ClassVar[bool] = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def on_turn(self, ctx: TurnContext) -> None:
+        raise NotImplementedError
 
 
 def barge_in_source(prev: TurnState, next_ts: int | None) -> str | None:
@@ -43,6 +136,65 @@ def barge_in_source(prev: TurnState, next_ts: int | None) -> str | None:
     if next_ts is not None and prev.tts_end_ts is not None and next_ts < prev.tts_end_ts:
         return "timing"
     return None
+
+
+class BargeIn(Detector):
+    """The user interrupted the response: reported by the device (``barge_in_ts``) or seen in
+    the timing (the next turn started before the response finished)."""
+
+    signal = BARGE_IN
+    unhappy = True
+
+    def on_turn(self, ctx: TurnContext) -> None:
+        prev, new, later = ctx.prev, ctx.turn, ctx.later
+        if prev is not None and prev.barge_in is None and barge_in_source(prev, new.ts):
+            self._record(ctx, prev, "timing")
+        if new.barge_in_ts is not None:
+            self._record(ctx, new, "device")
+        elif later is not None and barge_in_source(new, later.ts):
+            self._record(ctx, new, "timing")
+
+    def _record(self, ctx: TurnContext, turn: TurnState, source: str) -> None:
+        turn.barge_in = source
+        ctx.mark(turn, self.signal)
+        ctx.stats.signals["barge_in"] += 1
+        ctx.emit(records.barge_in(ctx.device.device_id, turn, source))
+
+
+class StopFollowUp(Detector):
+    """A stop phrase ("stop", "cancel", "no", ...) within ``stop_followup_ms`` of the
+    previous turn."""
+
+    signal = STOP_FOLLOWUP
+    unhappy = True
+
+    def on_turn(self, ctx: TurnContext) -> None:
+        prev, new = ctx.prev, ctx.turn
+        if (new.stop_turn and prev is not None and not prev.stop_turn
+                and 0 <= new.ts - prev.ts <= self.settings.stop_followup_ms):
+            ctx.mark(prev, self.signal)
+
+
+class UnknownConcept(Detector):
+    """``teach_unknown_count`` unknown-intent or low-NLU-confidence turns of one device
+    within ``teach_window_ms``: a teachable moment (the turns are not marked)."""
+
+    signal = "unknown_concept"
+
+    def on_turn(self, ctx: TurnContext) -> None:
+        s, st, new = self.settings, ctx.device, ctx.turn
+        if not (new.intent in UNKNOWN_INTENTS or (
+                new.nlu_confidence is not None and new.nlu_confidence < s.low_nlu_confidence)):
+            return
+        horizon = new.ts - s.teach_window_ms
+        st.unknown_turns = [u for u in st.unknown_turns if u[0] >= horizon]
+        st.unknown_turns.append((new.ts, new.event_id))
+        if len(st.unknown_turns) >= s.teach_unknown_count and (
+                new.ts >= st.unknown_flagged_until):
+            ids = [eid for _, eid in st.unknown_turns]
+            ctx.teachable(self.signal, ids, new.utterance, new.ts)
+            st.unknown_flagged_until = new.ts + s.teach_window_ms
+            st.unknown_turns = []
 
 
 class RephraseScorer:
@@ -88,6 +240,12 @@ class RephraseScorer:
         self.low_asr = low_asr_confidence
         self.low_nlu = low_nlu_confidence
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RephraseScorer:
+        return cls(threshold=settings.rephrase_threshold,
+                   low_asr_confidence=settings.low_asr_confidence,
+                   low_nlu_confidence=settings.low_nlu_confidence)
+
     def features(
         self, prev: TurnState, norm: str, intent: str | None, gap_ms: int,
         domain: str | None = None,
@@ -118,3 +276,99 @@ def _same(a: str | None, b: str | None) -> float:
     if a is None or b is None:
         return 0.5
     return 1.0 if a == b else 0.0
+
+
+class Rephrase(Detector):
+    """The user said it again: a later turn within ``rephrase_window_ms`` that restates an
+    earlier one (``RephraseScorer``). The original is marked ``rephrased``; the chain grows
+    (``rephrase-chains``, rewrite mining); ``teach_repeat_count`` attempts are a teachable
+    moment."""
+
+    signal = REPHRASED
+
+    def __init__(self, settings: Settings, scorer: RephraseScorer | None = None) -> None:
+        super().__init__(settings)
+        self.scorer = scorer or RephraseScorer.from_settings(settings)
+
+    def on_turn(self, ctx: TurnContext) -> None:
+        if ctx.turn.stop_turn:
+            return
+        self._match_earlier(ctx)
+        if ctx.later is not None:
+            self._match_later(ctx)
+
+    def _score(self, orig: TurnState, turn: TurnState) -> float:
+        x = self.scorer.features(orig, turn.norm, turn.intent, turn.ts - orig.ts, turn.domain)
+        return self.scorer.predict_proba_one(x)[True]
+
+    def _match_earlier(self, ctx: TurnContext) -> None:
+        """Link the new turn to the earlier pending turn it most likely restates."""
+        new, window = ctx.turn, self.settings.rephrase_window_ms
+        best: tuple[float, TurnState] | None = None
+        for cand in reversed(ctx.device.pending[:ctx.at]):
+            gap = new.ts - cand.ts
+            if gap > window:
+                break
+            if cand.stop_turn or cand.rephrased_by is not None:
+                continue
+            p = self._score(cand, new)
+            if p >= self.scorer.threshold and (best is None or p > best[0]):
+                best = (p, cand)
+        if best is not None:
+            self._link(ctx, best[1], new, best[0])
+
+    def _match_later(self, ctx: TurnContext) -> None:
+        """A late new turn as the original of a later turn that arrived before it and is not
+        a rephrase of anything yet. Links already made are kept: records are never
+        withdrawn."""
+        new, window = ctx.turn, self.settings.rephrase_window_ms
+        best: tuple[float, TurnState] | None = None
+        for cand in ctx.device.pending[ctx.at + 1:]:
+            if cand.ts - new.ts > window:
+                break
+            if cand.stop_turn or cand.rephrase_of is not None:
+                continue
+            p = self._score(new, cand)
+            if p >= self.scorer.threshold and (best is None or p > best[0]):
+                best = (p, cand)
+        if best is not None:
+            self._link(ctx, new, best[1], best[0])
+
+    def _link(self, ctx: TurnContext, orig: TurnState, new: TurnState, score: float) -> None:
+        """``new`` rephrases ``orig``: ``orig`` is defective and the chain grows. ``new`` may
+        already head a chain of its own (a late ``orig``): every turn of it gets the prefix."""
+        st = ctx.device
+        orig.rephrased_by = new.event_id
+        ctx.mark(orig, self.signal)
+        new.rephrase_of = orig.event_id
+        turns = _chain_from(st, new)  # new and what already rephrases it (a late orig)
+        tip = turns[-1]
+        flagged = orig.repeat_flagged or any(t.repeat_flagged for t in turns)
+        for turn in turns:
+            turn.chain = orig.chain + turn.chain
+            turn.chain_norms = orig.chain_norms + turn.chain_norms
+        ctx.stats.signals["rephrase"] += 1
+        ctx.emit(records.rephrase(st.device_id, orig, new, score))
+        repeated = not flagged and len(tip.chain) >= self.settings.teach_repeat_count
+        for turn in turns:
+            turn.repeat_flagged = flagged or repeated
+        if repeated:
+            root_turn = st.find_pending(orig.chain[0])
+            ctx.teachable("repeated_request", list(tip.chain),
+                          root_turn.utterance if root_turn else orig.utterance, tip.ts)
+
+
+def _chain_from(st: DeviceState, turn: TurnState | None) -> list[TurnState]:
+    """``turn`` and the pending turns that rephrase it, in chain order."""
+    chain = []
+    while turn is not None:
+        chain.append(turn)
+        turn = st.find_pending(turn.rephrased_by) if turn.rephrased_by else None
+    return chain
+
+
+DETECTORS: list[type[Detector]] = [BargeIn, StopFollowUp, Rephrase, UnknownConcept]
+"""The detectors every ``DeviceStage`` runs, in this order, on each new turn."""
+
+UNHAPPY_SIGNALS = frozenset({NEGATIVE_FEEDBACK, *(d.signal for d in DETECTORS if d.unhappy)})
+"""Signals that say the user disliked the response (explicit negative feedback included)."""

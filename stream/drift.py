@@ -39,7 +39,8 @@ from typing import Any
 
 from river.drift import ADWIN
 
-from stream.records import DEFECT_RATE_ALERTS, Output
+from stream import records
+from stream.records import Output
 from stream.stats import EngineStats
 
 
@@ -129,12 +130,8 @@ class DefectRateDrift:
         key_type, key = k
         if self.stats is not None:
             self.stats.signals["drift_alert"] += 1
-        return [Output(DEFECT_RATE_ALERTS, f"{key_type}:{key}:{ts}", {
-            "key_type": key_type, "key": key,
-            "old_rate": round(old_rate, 6), "new_rate": round(new_rate, 6),
-            "direction": "up" if new_rate > old_rate else "down",
-            "n_old": n_old, "n_new": tr.n_new, "detected_ts": detected_ts, "ts": ts,
-        })]
+        return [records.defect_rate_alert(key_type, key, old_rate, new_rate, n_old, tr.n_new,
+                                          detected_ts, ts)]
 
     def state_sizes(self) -> dict[str, int]:
         return {"tracked": len(self.tracked), "warming": len(self.warming)}

@@ -18,49 +18,17 @@ between; this class chains them directly so a recorded stream can be replayed wi
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from stream.devices import DeviceStage
+from stream.devices import DUPLICATE, LATE, OK, UNKNOWN_TURN, DeviceStage
 from stream.privacy import dead_letter_keeps_raw, pseudonymizer
 from stream.rates import RateStage
-from stream.records import CHAINS, DEAD_LETTER, RATE_UPDATES, Output
+from stream.records import CHAINS, RATE_UPDATES, Output, dead_letter
 from stream.rewrite_layers import RewriteLayers
-from stream.schema import Feedback, Invalid, Parser, Turn, raw_field
+from stream.schema import Feedback, Invalid, Parser, Turn
 from stream.settings import Settings
 from stream.stats import EngineStats
-
-
-def dead_letter(reason: str, error: str, raw: bytes | str, event_type: str = "unknown",
-                device_id: str | None = None, source: dict[str, Any] | None = None,
-                max_raw_bytes: int = 65_536, keep_raw: bool = True) -> Output:
-    """A ``dead-letter`` record. Raw inputs over ``max_raw_bytes`` are cut to that size (with
-    ``raw_truncated``, the full ``raw_size`` and ``raw_sha256``): a record larger than Kafka's
-    message limit could never be published and would stop the worker on every restart.
-    ``keep_raw=False`` keeps no byte of the input: ``raw`` is null, with size and SHA-256.
-
-    >>> rec = dead_letter("too_large", "big", b"x" * 10, max_raw_bytes=4).record
-    >>> rec["raw"], rec["raw_truncated"], rec["raw_size"]
-    ('xxxx', True, 10)
-    >>> rec = dead_letter("invalid_json", "bad", b"x" * 10, keep_raw=False).record
-    >>> rec["raw"], rec["raw_encoding"], rec["raw_size"], rec["raw_sha256"][:8]
-    (None, None, 10, 'fc11d6f2')
-    """
-    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    extra: dict[str, Any] = {}
-    if not keep_raw or len(data) > max_raw_bytes:
-        extra = {"raw_size": len(data), "raw_sha256": hashlib.sha256(data).hexdigest()}
-    if not keep_raw:
-        kept: dict[str, Any] = {"raw": None, "raw_encoding": None}
-    elif len(data) > max_raw_bytes:
-        kept = {**raw_field(data[:max_raw_bytes]), "raw_truncated": True}
-    else:
-        kept = raw_field(raw)
-    record = {"error": error, "reason": reason, **kept, **extra,
-              "event_type": event_type, "device_id": device_id, "source": source}
-    key = "" if source is None else ":".join(str(v) for v in source.values())
-    return Output(DEAD_LETTER, key, record)
 
 
 class DeviceEngine:
@@ -95,22 +63,22 @@ class DeviceEngine:
         else:
             self.stats.events[("watermark", "ok")] += 1
             return self.devices.on_watermark(event.ts)
-        if isinstance(result, list):
+        if result.status == OK:
             self.stats.events[(etype, "ok")] += 1
-            return result
-        if result == "duplicate":
+            return result.outputs
+        if result.status == DUPLICATE:
             self.stats.events[(etype, "duplicate")] += 1
             # A re-delivery still moves the stream watermark as the first delivery did: after
             # a crash, the restored state may hold this event while other devices' states
             # do not, and their turns must become final at the same input offset as before.
             return self.devices.on_watermark(event.ts - self.settings.allowed_lateness_ms)
         error = {
-            "late": f"event ts {event.ts} is older than its device's watermark minus the "
-                    f"allowed lateness ({self.settings.allowed_lateness_ms} ms)",
-            "unknown_turn": f"feedback refers to unknown turn "
-                            f"{getattr(event, 'ref_event_id', '')!r}",
-        }[result]
-        return [self._reject(result, error, raw, etype, event.device_id, source)]
+            LATE: f"event ts {event.ts} is older than its device's watermark minus the "
+                  f"allowed lateness ({self.settings.allowed_lateness_ms} ms)",
+            UNKNOWN_TURN: f"feedback refers to unknown turn "
+                          f"{getattr(event, 'ref_event_id', '')!r}",
+        }[result.status]
+        return [self._reject(result.status, error, raw, etype, event.device_id, source)]
 
     def count_redelivered(self, raw: bytes | str) -> None:
         """Count a message as a duplicate without processing it: for a re-delivered message

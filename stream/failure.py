@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from stream.detectors import UNKNOWN_INTENTS
+from stream.detectors import UNHAPPY_SIGNALS, UNKNOWN_INTENTS
 from stream.session import TurnState
 from stream.settings import Settings
 from stream.text import FILLERS, similarity
@@ -59,7 +59,6 @@ from stream.text import FILLERS, similarity
 FALSE_WAKE, ASR, NLU = "false_wake", "asr", "nlu"
 ENTITY_RESOLUTION, RESULT, UNKNOWN = "entity_resolution", "result", "unknown"
 FAILURE_POINTS = (FALSE_WAKE, ASR, NLU, ENTITY_RESOLUTION, RESULT, UNKNOWN)
-_UNHAPPY = frozenset({"barge_in", "negative_feedback", "stop_followup"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +126,7 @@ def attribute(turn: TurnState, rephrase: TurnState | None = None,
             return NLU
         if _below(turn.nlu_confidence, th.low_nlu_confidence):
             return NLU
-        if _known(turn.intent) and _UNHAPPY & set(turn.signals):
+        if _known(turn.intent) and UNHAPPY_SIGNALS & set(turn.signals):
             return RESULT
         return UNKNOWN
     only_a, only_b = content_diff(turn.norm, rephrase.norm)

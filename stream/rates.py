@@ -27,9 +27,10 @@ from river import stats as river_stats
 # which matters because busy keys miss the cache on every update.
 from scipy.special.cython_special import betaincinv
 
+from stream import records
 from stream.changes import ChangeSet
 from stream.drift import DefectRateDrift
-from stream.records import DEFECT_RATES, KEY_TYPES, Output, rate_key
+from stream.records import KEY_TYPES, Output, rate_key
 from stream.settings import Settings
 from stream.stats import EngineStats
 
@@ -88,6 +89,13 @@ class DefectRateTracker(river_stats.base.Univariate):
         return [self.plays, self.defects, self.updated_ts]
 
 
+def estimate_output(key_type: str, key: str, tracker: DefectRateTracker) -> Output:
+    """The key's ``defect-rates`` record."""
+    plays, defects = tracker.plays, tracker.defects
+    return records.defect_rate(key_type, key, plays, defects,
+                               record_estimate(defects, plays - defects), tracker.updated_ts)
+
+
 def rank_defective(items: Iterable[tuple[str, DefectRateTracker]], k: int,
                    min_plays: int = 5) -> list[tuple[str, DefectRateTracker]]:
     """Keys with the highest posterior defect rate among those with ``min_plays`` plays."""
@@ -123,22 +131,21 @@ class RateStage:
         the credible interval (most of this stage's cost) is not computed for every update.
         """
         key_type, key = update["key_type"], update["key"]
-        rkey, tracker = self._count(key_type, key, update)
+        tracker = self._count(key_type, key, update)
         alerts = self.drift.learn_one(update)
         if not estimate:
             return alerts
-        return [Output(DEFECT_RATES, rkey, self.record(key_type, key, tracker)), *alerts]
+        return [estimate_output(key_type, key, tracker), *alerts]
 
     def estimate(self, key_type: str, key: str) -> Output | None:
         """The key's current ``defect-rates`` record (None when it is not tracked)."""
         tracker = self.trackers[key_type].get(key)
         if tracker is None:
             return None
-        return Output(DEFECT_RATES, rate_key(key_type, key), self.record(key_type, key, tracker))
+        return estimate_output(key_type, key, tracker)
 
-    def _count(self, key_type: str, key: str,
-               update: dict[str, Any]) -> tuple[str, DefectRateTracker]:
-        """Counts the update; (rate key, tracker)."""
+    def _count(self, key_type: str, key: str, update: dict[str, Any]) -> DefectRateTracker:
+        """Counts the update; the key's tracker."""
         table = self.trackers[key_type]
         tracker = table.get(key)
         if tracker is None:
@@ -150,24 +157,13 @@ class RateStage:
         else:
             table.move_to_end(key)
         tracker.update(update["defective"], update["ts"])
-        rkey = rate_key(key_type, key)
-        self.changes.touch(rkey)
-        return rkey, tracker
+        self.changes.touch(rate_key(key_type, key))
+        return tracker
 
     @staticmethod
     def record(key_type: str, key: str, tracker: DefectRateTracker) -> dict[str, Any]:
-        plays, defects = tracker.plays, tracker.defects
-        rate, low, high = record_estimate(defects, plays - defects)
-        return {
-            "key_type": key_type,
-            "key": key,
-            "plays": plays,
-            "defects": defects,
-            "rate": rate,
-            "low": low,
-            "high": high,
-            "updated_ts": tracker.updated_ts,
-        }
+        """The ``defect-rates`` record of a tracker (the views answer with it)."""
+        return estimate_output(key_type, key, tracker).record
 
     def get(self, key_type: str, key: str) -> DefectRateTracker | None:
         return self.trackers[key_type].get(key)

@@ -63,9 +63,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from stream import markov
+from stream import markov, records
 from stream.markov import State
-from stream.records import REWRITE_TRIGGERS, Output
+from stream.records import Output
 from stream.settings import Settings
 from stream.stats import EngineStats
 from stream.text import normalize
@@ -284,17 +284,11 @@ class RewriteMiner:
     def _emit(self, out: list[Output], u: str, rec: dict[str, Any]) -> None:
         if self.stats is not None:
             self.stats.signals["rewrite_trigger"] += 1
-        out.append(Output(REWRITE_TRIGGERS, self._key(u), rec))
+        out.append(records.rewrite_trigger(rec))
 
     def _record(self, u: str, r: str | None, p_r: float | None, p_u: float | None, sup: int,
                 ts: int) -> dict[str, Any]:
-        return {"utterance": u, "rewrite": r, "layer": self.layer, "device_id": self.device_id,
-                "p_success": None if p_r is None else round(p_r, 6),
-                "p_success_original": None if p_u is None else round(p_u, 6),
-                "support": sup, "ts": ts}
-
-    def _key(self, u: str) -> str:
-        return f"global:{u}" if self.device_id is None else f"personal:{self.device_id}:{u}"
+        return records.rewrite(u, r, self.layer, self.device_id, p_r, p_u, sup, ts)
 
     # -- queries and state -----------------------------------------------------------------------
     def get(self, utterance: str) -> dict[str, Any] | None:

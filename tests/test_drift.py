@@ -7,7 +7,8 @@ import random
 import pytest
 from river.drift import ADWIN
 
-from stream.drift import DEFECT_RATE_ALERTS, DefectRateDrift
+from stream.drift import DefectRateDrift
+from stream.records import DEFECT_RATE_ALERTS
 
 
 def play(d: DefectRateDrift, key: str, rates: list[tuple[int, float]], rng: random.Random,

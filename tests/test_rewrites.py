@@ -16,9 +16,9 @@ import pytest
 
 from stream.engine import FeedbackEngine
 from stream.markov import NO_COUNTS, NO_NAMES
-from stream.records import CHAINS, Output
+from stream.records import CHAINS, REWRITE_TRIGGERS, Output
 from stream.rewrite_layers import PersonalRewriteMiner, RewriteLayers
-from stream.rewrites import REWRITE_TRIGGERS, RewriteConfig, RewriteMiner
+from stream.rewrites import RewriteConfig, RewriteMiner
 from stream.settings import Settings
 from topologies.processors import GlobalRewriteProcessor, Message, PersonalRewrites
 
