@@ -172,8 +172,10 @@ class Population:
         S.turns.append(T)
         return T
 
-    def _attempt(self, S: Session, ts: int, goal: Goal, ph: Phrasing, kind: str) -> Turn:
-        """One attempt at ``goal`` in phrasing ``ph``; its success drawn for this device."""
+    def _attempt(self, S: Session, ts: int, goal: Goal, ph: Phrasing, kind: str,
+                 entity: str | None) -> Turn:
+        """One attempt at ``goal`` in phrasing ``ph`` about ``entity`` (the same through an
+        episode); its success drawn for this device."""
         r, dev = self.r, S.dev
         p_ok, point = ph.p_success, ph.failure
         mine = dev.personal.get(goal.name)
@@ -184,7 +186,6 @@ class Population:
                 # For this user the global fix resolves the wrong thing (the seed's Wilkerson).
                 p_ok = 0.1
                 point = ph.failure or ("entity_resolution" if goal.entity else "result")
-        entity = r.choice(ENTITIES) if goal.entity else None
         slots = {"entity": entity} if entity else None
         if r.random() < p_ok:
             T = self._turn(S, ts, kind, ph.text, goal.name, goal.domain, slots, "OK.",
@@ -286,7 +287,8 @@ class Population:
             ph = dev.habits.setdefault(goal.name, self._pick(dev, goal))
         else:
             ph = self._pick(dev, goal)
-        T = self._attempt(S, ts, goal, ph, "request" if depth == 0 else "related")
+        entity = r.choice(ENTITIES) if goal.entity else None
+        T = self._attempt(S, ts, goal, ph, "request" if depth == 0 else "related", entity)
         chain: str | None = None
         for k in range(1, p.max_attempts + 1):
             if T.failure_point is None:
@@ -305,7 +307,7 @@ class Population:
                 ph = mine[1]
             elif r.random() >= same:
                 ph = self._pick(dev, goal, exclude=ph)
-            T = self._attempt(S, ts, goal, ph, "rephrase")
+            T = self._attempt(S, ts, goal, ph, "rephrase", entity)
             T.rephrase_of, T.chain = prev.id, chain
 
     def _after_success(self, S: Session, T: Turn, depth: int) -> None:

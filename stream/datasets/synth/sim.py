@@ -19,6 +19,16 @@ import orjson
 from stream.datasets.synth import vocab
 
 
+def failure_point(fail: str | None, q: vocab.Req) -> str | None:
+    """The component a drawn failure mode breaks: a service error is a ``result`` failure, an
+    unknown concept or a systematic wrong intent an ``nlu`` one, a systematic wrong item of the
+    right intent (the Wilkerson in Texas) an ``entity_resolution`` one."""
+    if fail == "systematic":
+        s = vocab.SYSTEMATIC[q.text]
+        return "entity_resolution" if s.wrong_intent == s.intent else "nlu"
+    return {"asr": "asr", "nlu": "nlu", "repeat": "result", "unknown": "nlu"}.get(fail or "")
+
+
 class Simulation:
     """Draws sessions device by device; ``events`` merges them into one ts-ordered log."""
 
@@ -140,7 +150,7 @@ class Simulation:
                          "device_state": "driving" if dev.kind == "car" else S.state}
         if fail is None and intent in ("PlayMusic", "PlayAudiobook", "Pause", "SetTimer"):
             S.state = {"Pause": "paused", "SetTimer": "timer_running"}.get(intent, "playing")
-        T = vocab.Turn(ev, q, behaviour)
+        T = vocab.Turn(ev, q, behaviour, failure_point(fail, q))
         S.turns.append(T)
         return T
 
@@ -326,7 +336,8 @@ class Simulation:
             truth = {"event_id": T.id, "device_id": S.dev.id, "barge_in": barge,
                      "rephrase_of": T.rephrase_of, "defective": bool(signals), "signals": signals,
                      "chain_id": T.chain, "chain_outcome": None,
-                     "utterance_norm": vocab.normalize(ev["utterance"]), "behaviour": T.behaviour}
+                     "utterance_norm": vocab.normalize(ev["utterance"]), "behaviour": T.behaviour,
+                     "failure_point": T.failure_point}
             truths.append(truth)
             if T.chain:
                 last_of_chain[T.chain] = truth

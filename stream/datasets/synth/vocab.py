@@ -341,14 +341,18 @@ def corrupt(text: str, r: random.Random) -> str:
 
 
 class Turn:
-    __slots__ = ("ev", "ts", "id", "req", "stop", "rephrase_of", "chain", "behaviour")
+    __slots__ = ("ev", "ts", "id", "req", "stop", "rephrase_of", "chain", "behaviour",
+                 "failure_point")
 
-    def __init__(self, ev: dict[str, Any], req: Req, behaviour: str) -> None:
+    def __init__(self, ev: dict[str, Any], req: Req, behaviour: str,
+                 failure_point: str | None = None) -> None:
         self.ev, self.ts, self.id, self.req = ev, ev["ts"], ev["event_id"], req
         self.stop = req.fam == STOP
         self.rephrase_of: str | None = None
         self.chain: str | None = None
         self.behaviour = behaviour
+        self.failure_point = failure_point
+        """Where the turn really failed (None: it did not); only the truth carries it."""
 
     @property
     def end(self) -> int:
