@@ -48,6 +48,7 @@ import math
 from typing import Any, ClassVar, Protocol
 
 from stream import records
+from stream.pairs import PairEvidence
 from stream.records import BARGE_IN, NEGATIVE_FEEDBACK, REPHRASED, STOP_FOLLOWUP, Output
 from stream.session import DeviceState, TurnState
 from stream.settings import Settings
@@ -74,6 +75,8 @@ class TurnContext:
     settings: Settings
     stats: EngineStats
     out: list[Output]
+    evidence: PairEvidence | None = None
+    """The collaborative pair evidence of the device's input partition (``stream.pairs``)."""
 
     @property
     def prev(self) -> TurnState | None:
@@ -122,6 +125,19 @@ class Detector:
 
     def on_turn(self, ctx: TurnContext) -> None:
         raise NotImplementedError
+
+
+def failed_visibly(turn: TurnState, settings: Settings) -> bool:
+    """A failure signal of ``turn`` that does not depend on any rephrase decision: it was
+    interrupted, a stop turn or negative feedback followed it, its intent is unknown or a
+    confidence is low. What pair evidence counts (``stream.pairs``)."""
+    return bool(
+        turn.barge_in or STOP_FOLLOWUP in turn.signals or NEGATIVE_FEEDBACK in turn.signals
+        or turn.intent in UNKNOWN_INTENTS
+        or (turn.nlu_confidence is not None
+            and turn.nlu_confidence < settings.low_nlu_confidence)
+        or (turn.asr_confidence is not None
+            and turn.asr_confidence < settings.low_asr_confidence))
 
 
 def barge_in_source(prev: TurnState, next_ts: int | None) -> str | None:
@@ -278,6 +294,14 @@ def _same(a: str | None, b: str | None) -> float:
     return 1.0 if a == b else 0.0
 
 
+REACTION_MS = 20_000
+"""Evidence links only a request that came soon after the previous response ended (or
+interrupted it): a restatement is a reaction; a request after listening for a while is not."""
+FRAME_OVERLAP = 0.3
+"""A swap of content words with at least this word overlap is a new slot value in the same
+frame ("add milk to my list" -> "add eggs to my list"): never linked on evidence alone."""
+
+
 class Rephrase(Detector):
     """The user said it again: a later turn within ``rephrase_window_ms`` that restates an
     earlier one (``RephraseScorer``). The original is marked ``rephrased``; the chain grows
@@ -293,13 +317,37 @@ class Rephrase(Detector):
     def on_turn(self, ctx: TurnContext) -> None:
         if ctx.turn.stop_turn:
             return
+        self._note_previous(ctx)
         self._match_earlier(ctx)
         if ctx.later is not None:
             self._match_later(ctx)
 
-    def _score(self, orig: TurnState, turn: TurnState) -> float:
+    def _note_previous(self, ctx: TurnContext) -> None:
+        """Remember the device's previous request within the window (stop turns skipped) and
+        whether it failed visibly: the pair is observed when the new turn is final."""
+        new, pending = ctx.turn, ctx.device.pending
+        for i in range(ctx.at - 1, -1, -1):
+            a = pending[i]
+            if new.ts - a.ts > self.settings.rephrase_window_ms:
+                return
+            if not a.stop_turn:
+                new.pair_prev = a.norm
+                new.pair_prev_failed = failed_visibly(a, self.settings)
+                return
+
+    def _score(self, ctx: TurnContext, orig: TurnState, turn: TurnState) -> float:
+        """The lexical scorer; below its threshold, for the device's previous request that
+        it answered soon after the response (a reaction), the collaborative evidence of the
+        pair can still link them, unless the two are one frame with another slot value."""
         x = self.scorer.features(orig, turn.norm, turn.intent, turn.ts - orig.ts, turn.domain)
-        return self.scorer.predict_proba_one(x)[True]
+        p = self.scorer.predict_proba_one(x)[True]
+        if (p >= self.scorer.threshold or ctx.evidence is None or turn.pair_prev != orig.norm
+                or turn.ts - (orig.tts_end_ts or orig.ts) > REACTION_MS
+                or (x["swap"] and x["token"] >= FRAME_OVERLAP)):
+            return p
+        evidence = ctx.evidence.support(orig.norm, turn.norm, turn.intent,
+                                        failed_visibly(orig, self.settings))
+        return max(p, evidence)
 
     def _match_earlier(self, ctx: TurnContext) -> None:
         """Link the new turn to the earlier pending turn it most likely restates."""
@@ -311,7 +359,7 @@ class Rephrase(Detector):
                 break
             if cand.stop_turn or cand.rephrased_by is not None:
                 continue
-            p = self._score(cand, new)
+            p = self._score(ctx, cand, new)
             if p >= self.scorer.threshold and (best is None or p > best[0]):
                 best = (p, cand)
         if best is not None:
@@ -328,7 +376,7 @@ class Rephrase(Detector):
                 break
             if cand.stop_turn or cand.rephrase_of is not None:
                 continue
-            p = self._score(new, cand)
+            p = self._score(ctx, new, cand)
             if p >= self.scorer.threshold and (best is None or p > best[0]):
                 best = (p, cand)
         if best is not None:

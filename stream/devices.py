@@ -16,8 +16,15 @@ from typing import Any, NamedTuple
 
 from stream import records
 from stream.changes import ChangeSet
-from stream.detectors import DETECTORS, Detector, TurnContext, teachable_moment
+from stream.detectors import (
+    DETECTORS,
+    Detector,
+    TurnContext,
+    failed_visibly,
+    teachable_moment,
+)
 from stream.failure import FailureThresholds, attribute
+from stream.pairs import PartitionedEvidence
 from stream.records import KEY_TYPES, NEGATIVE_FEEDBACK, Output
 from stream.schema import Feedback, Turn
 from stream.session import DeviceState, TurnState
@@ -66,6 +73,12 @@ class DeviceStage:
         ``topologies.processors.first_application``)."""
         self.changes = ChangeSet()
         """Devices whose state changed or went (for changelog writes; enable to track)."""
+        self.input_partition = 0
+        """Input partition of the event being processed (set by the caller)."""
+        self.evidence = PartitionedEvidence(
+            self.settings.pair_evidence_max_pairs,
+            self.settings.rephrase_window_ms + self.settings.allowed_lateness_ms)
+        """Collaborative rephrase evidence per input partition (``stream.pairs``)."""
 
     # -- events ----------------------------------------------------------------------------------
     def on_turn(self, turn: Turn) -> Result:
@@ -89,12 +102,14 @@ class DeviceStage:
         while at and pending[at - 1].ts > turn.ts:
             at -= 1
         pending.insert(at, new)
-        ctx = TurnContext(st, new, at, s, self.stats, out)
+        ctx = TurnContext(st, new, at, s, self.stats, out,
+                          self.evidence.partition(st.partition))
         for detector in self.detectors:
             detector.on_turn(ctx)
         heapq.heappush(self._deadlines,
                        (turn.ts + s.rephrase_window_ms, turn.device_id, turn.event_id))
         self._advance(turn.ts - s.allowed_lateness_ms, out)
+        self._advance_evidence(st, turn.ts)
         return Result(OK, out)
 
     def on_feedback(self, fb: Feedback) -> Result:
@@ -124,12 +139,22 @@ class DeviceStage:
                              fb.ts, teach=fb.value)
         self._finalize_device(st, st.watermark - s.rephrase_window_ms, out)
         self._advance(fb.ts - s.allowed_lateness_ms, out)
+        self._advance_evidence(st, fb.ts)
         return Result(OK, out)
 
-    def on_watermark(self, ts: int) -> list[Output]:
+    def on_watermark(self, ts: int, evidence: bool = True) -> list[Output]:
+        """A stream watermark. ``evidence=False`` for the watermark a re-delivered event
+        implies: in Kafka it reaches one partition, so it must not move pair evidence."""
         out: list[Output] = []
         self._advance(ts, out)
+        if evidence:
+            self.evidence.advance_all(ts, self.devices, self.changes.touch)
         return out
+
+    def _advance_evidence(self, st: DeviceState, ts: int) -> None:
+        """After finalising (``stream.pairs`` says why): count the observations now due."""
+        self.evidence.advance(self.evidence.partition(st.partition), ts, self.devices,
+                              self.changes.touch)
 
     def flush(self) -> list[Output]:
         """End of stream: every pending turn becomes final."""
@@ -143,7 +168,8 @@ class DeviceStage:
     def _admit(self, device_id: str, event_id: str, ts: int) -> tuple[DeviceState, str]:
         st = self.devices.get(device_id)
         if st is None:
-            st = self.devices[device_id] = DeviceState(device_id)
+            st = self.devices[device_id] = DeviceState(device_id, partition=self.input_partition)
+            self.evidence.readmit(st)
         else:
             self.devices.move_to_end(device_id)  # most recently active last
         if st.seen(event_id, self.settings.dedupe_capacity):
@@ -180,6 +206,7 @@ class DeviceStage:
             if st.last_ts >= horizon or st.pending:
                 break
             del self.devices[device_id]
+            self.evidence.expire(st)
             self.changes.drop(device_id)
             self.stats.evictions["device"] += 1
 
@@ -208,6 +235,8 @@ class DeviceStage:
             self.stats.signals["defect"] += 1
             self.stats.failure_points[failure_point] += 1
             out.append(records.defect(st.device_id, turn, failure_point))
+        if not turn.stop_turn:
+            self.evidence.observe(st, turn, not failed_visibly(turn, self.settings))
         src = {} if self.position is None else {"src": self.position}
         if self.emit_chains and turn.rephrased_by is None:
             # The tip of a chain (a lone turn is a chain of one): the chain's outcome is known.
@@ -233,6 +262,7 @@ class DeviceStage:
         window = self.settings.rephrase_window_ms
         for turn in st.pending:
             heapq.heappush(self._deadlines, (turn.ts + window, st.device_id, turn.event_id))
+        self.evidence.import_device(st)
 
     def take_dirty(self) -> tuple[set[str], set[str]]:
         """(changed device ids, removed device ids) since the last call."""

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from stream.devices import DUPLICATE, LATE, OK, UNKNOWN_TURN, DeviceStage
+from stream.partition import partition_of
 from stream.privacy import dead_letter_keeps_raw, pseudonymizer
 from stream.rates import RateStage
 from stream.records import CHAINS, RATE_UPDATES, Output, dead_letter
@@ -47,6 +48,13 @@ class DeviceEngine:
     def process(self, raw: bytes | str, source: dict[str, Any] | None = None) -> list[Output]:
         """All outputs caused by one raw message. Never raises on bad input."""
         event = self.parser.parse(raw)
+        # The input partition (pair evidence is kept per partition): Kafka's, or the one a
+        # producer keying by the raw device id would pick.
+        raw_id = getattr(event, "device_id", None)
+        self.devices.input_partition = (
+            source["partition"] if source is not None and "partition" in source
+            else partition_of(raw_id, self.settings.partitions) if isinstance(raw_id, str)
+            else 0)
         if self.pseudonymize is not None:
             # The one place identifiers enter: state, records, keys and tables see pseudonyms.
             self.pseudonymize.event(event)
@@ -71,7 +79,8 @@ class DeviceEngine:
             # A re-delivery still moves the stream watermark as the first delivery did: after
             # a crash, the restored state may hold this event while other devices' states
             # do not, and their turns must become final at the same input offset as before.
-            return self.devices.on_watermark(event.ts - self.settings.allowed_lateness_ms)
+            return self.devices.on_watermark(event.ts - self.settings.allowed_lateness_ms,
+                                             evidence=False)
         error = {
             LATE: f"event ts {event.ts} is older than its device's watermark minus the "
                   f"allowed lateness ({self.settings.allowed_lateness_ms} ms)",

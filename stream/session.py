@@ -40,6 +40,10 @@ class TurnState:
     rephrased_by: str | None = None
     stop_turn: bool = False
     repeat_flagged: bool = False
+    pair_prev: str | None = None
+    """The device's previous request within the window (normalised), for pair evidence."""
+    pair_prev_failed: bool = False
+    """Whether that request showed a failure independent of rephrase decisions."""
 
     def add_signal(self, signal: str) -> None:
         if signal not in self.signals:
@@ -58,6 +62,8 @@ class DeviceState:
     device_id: str
     watermark: int = 0
     """Largest event ts seen for this device."""
+    partition: int = 0
+    """The input partition its events come from (its pair evidence, ``stream.pairs``)."""
     last_ts: int = 0
     pending: list[TurnState] = dataclasses.field(default_factory=list)
     """Turns not yet final, in arrival order."""
@@ -68,6 +74,9 @@ class DeviceState:
     unknown_turns: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     """(ts, event_id) of unknown-intent / low-NLU-confidence turns in the teach window."""
     unknown_flagged_until: int = 0
+    observations: list[list[Any]] = dataclasses.field(default_factory=list)
+    """Final requests waiting to join the pair evidence (``stream.pairs``): [due, previous
+    request, request, intent, previous failed, fine]."""
 
     def seen(self, event_id: str, capacity: int) -> bool:
         """True if ``event_id`` was seen recently; otherwise remember it."""
@@ -89,12 +98,14 @@ class DeviceState:
         return {
             "device_id": self.device_id,
             "watermark": self.watermark,
+            "partition": self.partition,
             "last_ts": self.last_ts,
             "pending": [t.to_dict() for t in self.pending],
             "recent_ids": list(self.recent_ids),
             "recent_turns": self.recent_turns,
             "unknown_turns": [list(u) for u in self.unknown_turns],
             "unknown_flagged_until": self.unknown_flagged_until,
+            "observations": self.observations,
         }
 
     @classmethod
@@ -102,10 +113,12 @@ class DeviceState:
         return cls(
             device_id=data["device_id"],
             watermark=data["watermark"],
+            partition=data.get("partition", 0),
             last_ts=data["last_ts"],
             pending=[TurnState.from_dict(t) for t in data["pending"]],
             recent_ids=dict.fromkeys(data["recent_ids"]),
             recent_turns=dict(data["recent_turns"]),
             unknown_turns=[(int(ts), str(eid)) for ts, eid in data["unknown_turns"]],
             unknown_flagged_until=data["unknown_flagged_until"],
+            observations=[list(o) for o in data.get("observations", [])],
         )

@@ -43,6 +43,9 @@ class Settings:
     teach_window_ms: int = 120_000
     low_nlu_confidence: float = 0.3
     low_asr_confidence: float = 0.5
+    pair_evidence_max_pairs: int = 20_000
+    """Rows per table (pairs, intent pairs, meanings) of each input partition's collaborative
+    rephrase evidence; the least-counted quarter is dropped when full."""
     # --- estimates ---
     max_tracked_keys: int = 200_000
     """Cap on defect-rate estimators per key type (least recently updated are evicted)."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping
+from functools import lru_cache
 
 import orjson
 
@@ -18,6 +19,17 @@ from topologies.types import ChainLearner, Message
 WATERMARK_PREFIX = "\x00watermark:"
 """Table keys of each input partition's stream watermark and last processed input offset
 (device ids cannot hold control characters)."""
+
+
+EVIDENCE_PREFIX = "\x00evidence:"
+"""Table keys of the rows of each partition's pair evidence (``stream.pairs``)."""
+
+
+@lru_cache(maxsize=1 << 17)
+def evidence_key(partition: int, partitions: int, name: str, key: str) -> str:
+    """The ``device-state`` key of one pair-evidence row, in ``partition`` (cached: a row is
+    written many times, the salt search runs once). ``\\x1e`` ends the row key."""
+    return co_partitioned(f"{EVIDENCE_PREFIX}{name}:{key}\x1e", partition, partitions)
 
 
 def watermark_key(partition: int, partitions: int) -> str:
@@ -42,8 +54,8 @@ class DeviceProcessor:
         self.engines: dict[int, DeviceEngine] = {}
         self.offsets: dict[int, int] = {}
         """Input partition -> offset of the last message processed (-1: none)."""
-        self.saved: dict[int, tuple[int, int]] = {}
-        """Input partition -> (stream watermark, offset) as last written to the table."""
+        self.saved: dict[int, tuple[int, ...]] = {}
+        """Input partition -> (stream watermark, offset, evidence meta) as last written."""
 
     def reset(self) -> None:
         """Forget in-memory state (after a rebalance); it is reloaded from the table."""
@@ -59,6 +71,8 @@ class DeviceProcessor:
             eng = self.engines[partition] = DeviceEngine(
                 self.settings, self.stats, emit_chains=self.chains is not None)
             eng.devices.changes.enabled = True
+            eng.devices.evidence.track = True
+            evidence = eng.devices.evidence.partition(partition)
             n = self.settings.partitions
             states = []
             for key, blob in list(self.table.items()):
@@ -70,13 +84,20 @@ class DeviceProcessor:
                 if key.startswith(WATERMARK_PREFIX):
                     eng.devices.import_watermark(data["watermark"])
                     self.offsets[partition] = data.get("offset", -1)
+                    if "evidence" in data:
+                        evidence.import_meta(data["evidence"])
+                elif key.startswith(EVIDENCE_PREFIX):
+                    name, _, row_key = key[len(EVIDENCE_PREFIX):].rpartition("\x1e")[0] \
+                        .partition(":")
+                    evidence.import_row(name, row_key, data)
                 else:
                     states.append(data)
             # Least recently active first, as the running stage keeps them (idle expiry).
             for data in sorted(states, key=lambda d: d["last_ts"]):
                 eng.devices.import_device(data)
             self.offsets.setdefault(partition, -1)
-            self.saved[partition] = (eng.devices.watermark, self.offsets[partition])
+            self.saved[partition] = (eng.devices.watermark, self.offsets[partition],
+                                     *evidence.export_meta())
         return eng
 
     def process(self, batch: Iterable[Message]) -> list[Output]:
@@ -117,13 +138,21 @@ class DeviceProcessor:
                     devices.export_device(device_id))
             for device_id in removed:
                 self.table.pop(co_partitioned(device_id, partition, n), None)
-            position = (devices.watermark, self.offsets[partition])
+            evidence = devices.evidence.partition(partition)
+            changed, dropped = evidence.take_dirty()
+            for name, key in changed:
+                self.table[evidence_key(partition, n, name, key)] = orjson.dumps(
+                    evidence.export_row(name, key))
+            for name, key in dropped:
+                self.table.pop(evidence_key(partition, n, name, key), None)
+            position = (devices.watermark, self.offsets[partition], *evidence.export_meta())
             if position != self.saved.get(partition):
                 # Last: on the changelog (same partition), a restored watermark and offset
-                # imply the device states written before them.
-                key = watermark_key(partition, self.settings.partitions)
+                # imply the device states (and evidence rows) written before them.
+                key = watermark_key(partition, n)
                 self.table[key] = orjson.dumps({"watermark": position[0],
-                                                "offset": position[1]})
+                                                "offset": position[1],
+                                                "evidence": list(position[2:])})
                 self.saved[partition] = position
 
     def state_sizes(self) -> dict[str, int]:

@@ -1,0 +1,291 @@
+"""Collaborative rephrase evidence: bounded online statistics of consecutive requests.
+
+Every time a device makes two consecutive requests ``a`` then ``b`` (normalised, stop turns
+skipped) within the rephrase window, one observation is counted once ``b`` is final: whether
+``a`` failed visibly (interrupted, a stop turn after it, negative feedback, an unknown intent or
+a low ASR/NLU confidence: nothing that depends on a rephrase decision) and whether ``b`` did
+not. Every final request also tells what people *mean* by its words: the intent it got when
+nothing visibly went wrong. Across many devices:
+
+- a rephrase ("wake me up at seven" -> "set an alarm for 7 am") gets the intent people mean by
+  ``a`` (``alarm``), and requests of that intent follow failures of ``a`` more often than
+  requests follow failures in general; a follow-up ("what time is it" -> "who made you") gets
+  another intent;
+- the same ordered pair recurs, mostly after failures of ``a``.
+
+``support`` turns that into a probability for the device's previous request; the lexical
+scorer (``stream.detectors.RephraseScorer``) still decides alone when there is no evidence (a
+cold start, a rare pair) and for older candidates.
+
+**Where it lives**: one ``PairEvidence`` per *input partition*, in stage 1 beside the device
+states; in Kafka its rows are entries of stage 1's table (one per row, keys that hash to the
+partition, written when changed) and its clock and totals ride with the partition's watermark.
+Each partition learns from its own devices (a hash sample of the population). Observations wait
+on their device's state (so they are saved with it) and join the counts once the partition has
+seen an event later than ``ts + window + lateness``: ``b`` is final by then in the worker and
+in the replay, whose stream watermark runs ahead of a partition's. The replay keeps one per
+partition too (``stream.partition.partition_of`` of the raw device id, as producers key the
+input; ``DeviceState.partition`` remembers it, pseudonymised ids included),
+so replay and Kafka decide every link on the same counts. A single global table would see every
+device but would need a barrier across partitions to stay deterministic.
+
+**Memory**: each table (pairs, intent pairs, meanings) holds at most ``max_pairs`` rows; beyond
+that the least-counted quarter is dropped at once (lossy counting: heavy hitters stay, a pair
+seen once among many is forgotten), counted in ``evictions``.
+
+>>> ev = PairEvidence(max_pairs=100)
+>>> for _ in range(2):
+...     ev.count("wake me up at seven", "set an alarm for 7 am", "alarm", True, True)
+>>> ev.support("wake me up at seven", "set an alarm for 7 am", "alarm", False)
+0.55
+>>> ev.support("what time is it", "who made you", "who_made_you", False)
+0.0
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from stream.session import DeviceState, TurnState
+
+SEP = "\x1f"  # unit separator: normalised utterances hold no control characters
+TABLES = ("pairs", "intents", "meanings")
+MEANING_SHARE = 0.6
+"""An intent is what people mean by an utterance when it has this share of its fine plays."""
+PAIR_MIN, PAIR_FAILED = 2, 0.4
+"""A pair that recurred this often, this often after a failure of its first request."""
+LIFT = 0.05
+"""How much more often than the base rate an intent must follow failures of ``a``."""
+
+
+class PairEvidence:
+    """The evidence of one partition: counts, a clock and pointers to waiting observations."""
+
+    __slots__ = ("max_pairs", "pairs", "intents", "meanings", "clock", "observed", "failed",
+                 "evictions", "due", "orphans", "changed", "dropped", "track")
+
+    def __init__(self, max_pairs: int = 20_000) -> None:
+        self.max_pairs = max_pairs
+        self.pairs: dict[str, list[Any]] = {}
+        """``a SEP b`` -> [observations, ``a`` failed, ``b`` fine]."""
+        self.intents: dict[str, list[Any]] = {}
+        """``a SEP intent of b`` -> [observations, ``a`` failed]."""
+        self.meanings: dict[str, list[Any]] = {}
+        """``u`` -> [plays, fine plays, their commonest intent, its Misra-Gries count]."""
+        self.clock = 0
+        self.observed = self.failed = 0
+        """Observations counted, and those whose first request failed: the base rate."""
+        self.evictions = 0
+        self.due: list[tuple[int, str]] = []
+        """(due, device id) of devices with waiting observations (memory only: rebuilt from
+        the device states)."""
+        self.orphans: dict[str, list[list[Any]]] = {}
+        """Waiting observations of devices expired before they were due (memory only: in the
+        worker they are due by the event that expires them, so they never outlive it)."""
+        self.changed: set[tuple[str, str]] = set()
+        self.dropped: set[tuple[str, str]] = set()
+        self.track = False
+        """Record changed and dropped rows for table writes (the Kafka worker)."""
+
+    # -- counting --------------------------------------------------------------------------------
+    def count(self, a: str, b: str, b_intent: str, a_failed: bool, b_fine: bool) -> None:
+        """One final request ``b`` (``a`` = "" when no request came before it in the window)."""
+        row = self._row("meanings", b, [0, 0, "", 0])
+        row[0] += 1
+        if b_fine and b_intent:
+            row[1] += 1
+            if row[2] == b_intent:
+                row[3] += 1
+            elif row[3] == 0:
+                row[2], row[3] = b_intent, 1
+            else:
+                row[3] -= 1
+        if not a:
+            return
+        self.observed += 1
+        self.failed += a_failed
+        row = self._row("pairs", a + SEP + b, [0, 0, 0])
+        row[0] += 1
+        row[1] += a_failed
+        row[2] += b_fine
+        if b_intent:
+            row = self._row("intents", a + SEP + b_intent, [0, 0])
+            row[0] += 1
+            row[1] += a_failed
+
+    def _row(self, name: str, key: str, empty: list[Any]) -> list[Any]:
+        table: dict[str, list[Any]] = getattr(self, name)
+        row = table.get(key)
+        if row is None:
+            row = table[key] = empty
+            if len(table) > self.max_pairs:
+                self._prune(name, table)
+        if self.track:
+            self.changed.add((name, key))
+        return row
+
+    def _prune(self, name: str, table: dict[str, list[Any]]) -> None:
+        """Drop the least-counted quarter (oldest first among equal counts)."""
+        keys = list(table)
+        counts = [row[0] for row in table.values()]
+        for i in sorted(range(len(keys)), key=counts.__getitem__)[: max(1, len(keys) // 4)]:
+            del table[keys[i]]
+            if self.track:
+                self.changed.discard((name, keys[i]))
+                self.dropped.add((name, keys[i]))
+        self.evictions += 1
+
+    # -- deciding --------------------------------------------------------------------------------
+    def meaning(self, u: str) -> tuple[str, float] | None:
+        """(the intent ``u`` usually gets when nothing went wrong, its share), or None."""
+        row = self.meanings.get(u)
+        if row is None or not row[1] or not row[3]:
+            return None
+        return row[2], row[3] / row[1]
+
+    def support(self, a: str, b: str, b_intent: str | None, a_failed: bool) -> float:
+        """Evidence that ``b`` (the device's next request within the window) restates ``a``:
+        0.0 (none), or the probability the link is published with.
+
+        - ``b`` got the intent people mean by ``a`` (``MEANING_SHARE``), and ``a`` visibly
+          failed now or that intent follows failures of ``a`` more often than requests follow
+          failures in this partition (``LIFT``, smoothed towards the base rate);
+        - or the pair itself recurred (``PAIR_MIN``) mostly after failures of ``a``.
+
+        The caller rules out a new slot value in the same frame ("add milk" -> "add eggs")."""
+        meaning = self.meaning(a)
+        if (meaning is not None and b_intent and meaning[0] == b_intent
+                and meaning[1] >= MEANING_SHARE
+                and (a_failed or self._follows_failures(self.intents.get(a + SEP + b_intent)))):
+            return 0.6
+        row = self.pairs.get(a + SEP + b)
+        if row is not None and row[0] >= PAIR_MIN and row[1] >= PAIR_FAILED * row[0]:
+            return 0.55
+        return 0.0
+
+    def _follows_failures(self, row: list[Any] | None) -> bool:
+        if row is None or not self.observed:
+            return False
+        base = self.failed / self.observed
+        return (row[1] + 2 * base) / (row[0] + 2) > base + LIFT
+
+    # -- state for changelog-backed tables -------------------------------------------------------
+    def take_dirty(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(changed rows, dropped rows) as (table, key) since the last call."""
+        changed, dropped = self.changed, self.dropped
+        self.changed, self.dropped = set(), set()
+        return changed, dropped
+
+    def export_row(self, name: str, key: str) -> list[Any] | None:
+        table: dict[str, list[Any]] = getattr(self, name)
+        return table.get(key)
+
+    def import_row(self, name: str, key: str, row: list[Any]) -> None:
+        table: dict[str, list[Any]] = getattr(self, name)
+        table[key] = list(row)
+
+    def export_meta(self) -> list[int]:
+        return [self.clock, self.observed, self.failed, self.evictions]
+
+    def import_meta(self, meta: list[int]) -> None:
+        self.clock, self.observed, self.failed, self.evictions = meta
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meta": self.export_meta(), **{n: getattr(self, n) for n in TABLES}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], max_pairs: int = 20_000) -> PairEvidence:
+        ev = cls(max_pairs)
+        ev.import_meta(data["meta"])
+        for name in TABLES:
+            for key, row in data[name].items():
+                ev.import_row(name, key, row)
+        return ev
+
+
+class PartitionedEvidence:
+    """``PairEvidence`` per input partition, fed from and applied to the device states."""
+
+    def __init__(self, max_pairs: int, delay_ms: int) -> None:
+        self.max_pairs = max_pairs
+        self.delay_ms = delay_ms
+        """Window + allowed lateness: when an observation's request is final everywhere."""
+        self.parts: dict[int, PairEvidence] = {}
+        self.track = False
+
+    def partition(self, part: int) -> PairEvidence:
+        ev = self.parts.get(part)
+        if ev is None:
+            ev = self.parts[part] = PairEvidence(self.max_pairs)
+            ev.track = self.track
+        return ev
+
+    def note_previous(self, pending: list[TurnState], at: int, new: TurnState,
+                      window_ms: int, failed: Callable[[TurnState], bool]) -> None:
+        """Remember the device's previous request within the window (stop turns skipped)."""
+        for i in range(at - 1, -1, -1):
+            a = pending[i]
+            if new.ts - a.ts > window_ms:
+                return
+            if not a.stop_turn:
+                new.pair_prev, new.pair_prev_failed = a.norm, failed(a)
+                return
+
+    def observe(self, st: DeviceState, turn: TurnState, fine: bool) -> None:
+        """``turn`` is final: its observation waits on the device until it is due."""
+        due = turn.ts + self.delay_ms
+        st.observations.append([due, turn.pair_prev or "", turn.norm, turn.intent or "",
+                                int(turn.pair_prev_failed), int(fine)])
+        heapq.heappush(self.partition(st.partition).due, (due, st.device_id))
+
+    def advance(self, ev: PairEvidence, ts: int, devices: Mapping[str, DeviceState],
+                touch: Callable[[str], None]) -> None:
+        """The partition saw an event at ``ts``: count the observations now due, in an order
+        that does not depend on when they were made (due, device, then their own order)."""
+        if ts <= ev.clock:
+            return
+        ev.clock = ts
+        due = ev.due
+        while due and due[0][0] < ts:
+            _, device_id = heapq.heappop(due)
+            st = devices.get(device_id)
+            waiting = st.observations if st is not None else ev.orphans.pop(device_id, [])
+            if not waiting:
+                continue
+            keep = []
+            for obs in sorted(waiting):
+                if obs[0] < ts:
+                    ev.count(obs[1], obs[2], obs[3], bool(obs[4]), bool(obs[5]))
+                else:
+                    keep.append(obs)
+            if keep:  # still waiting: a pointer of their own (one restored device has one)
+                heapq.heappush(due, (keep[0][0], device_id))
+            if st is None:
+                if keep:
+                    ev.orphans[device_id] = keep
+                continue
+            st.observations = keep
+            touch(device_id)
+
+    def advance_all(self, ts: int, devices: Mapping[str, DeviceState],
+                    touch: Callable[[str], None]) -> None:
+        for ev in self.parts.values():
+            self.advance(ev, ts, devices, touch)
+
+    def expire(self, st: DeviceState) -> None:
+        """``st`` expires: its waiting observations still count when due."""
+        if st.observations:
+            self.partition(st.partition).orphans[st.device_id] = st.observations
+
+    def readmit(self, st: DeviceState) -> None:
+        """An expired device is back before its old observations were due: they wait on it."""
+        ev = self.parts.get(st.partition)
+        if ev is not None and st.device_id in ev.orphans:
+            st.observations = ev.orphans.pop(st.device_id)
+
+    def import_device(self, st: DeviceState) -> None:
+        if st.observations:
+            due = min(obs[0] for obs in st.observations)
+            heapq.heappush(self.partition(st.partition).due, (due, st.device_id))
