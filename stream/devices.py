@@ -23,7 +23,7 @@ from stream.detectors import (
     failed_visibly,
     teachable_moment,
 )
-from stream.failure import FailureThresholds, attribute
+from stream.failure import FailureThresholds, attribute, attribute_in_hindsight
 from stream.pairs import PartitionedEvidence
 from stream.records import KEY_TYPES, NEGATIVE_FEEDBACK, Output
 from stream.schema import Feedback, Turn
@@ -92,7 +92,7 @@ class DeviceStage:
         new = TurnState(
             turn.event_id, turn.ts, turn.utterance, turn.norm, turn.intent, turn.domain,
             turn.device_type, turn.asr_confidence, turn.nlu_confidence, turn.tts_end_ts,
-            turn.barge_in_ts, chain=[turn.event_id], chain_norms=[turn.norm],
+            turn.barge_in_ts, chain=[turn.event_id], chain_norms=[turn.norm], slots=turn.slots,
         )
         new.stop_turn = is_stop_phrase(turn.norm)
         # A turn that arrives late (within the allowed lateness) takes its place in event
@@ -203,7 +203,7 @@ class DeviceStage:
         while self.devices:
             device_id = next(iter(self.devices))
             st = self.devices[device_id]
-            if st.last_ts >= horizon or st.pending:
+            if st.last_ts >= horizon or st.pending or st.waiting:
                 break
             del self.devices[device_id]
             self.evidence.expire(st)
@@ -231,10 +231,13 @@ class DeviceStage:
         defective = bool(turn.signals)
         if defective:
             rephrase = st.find_pending(turn.rephrased_by) if turn.rephrased_by else None
-            failure_point = attribute(turn, rephrase, self.failure_thresholds)
-            self.stats.signals["defect"] += 1
-            self.stats.failure_points[failure_point] += 1
-            out.append(records.defect(st.device_id, turn, failure_point))
+            turn.failure_guess = attribute(turn, rephrase, self.failure_thresholds)
+            if turn.rephrased_by is not None:
+                st.waiting.append(turn)  # decided when its chain ends (hindsight)
+            else:
+                self._defect(st, turn, turn.failure_guess, out)
+        if turn.rephrased_by is None and len(turn.chain) > 1 and st.waiting:
+            self._resolve_chain(st, turn, defective, out)
         if not turn.stop_turn:
             self.evidence.observe(st, turn, not failed_visibly(turn, self.settings))
         src = {} if self.position is None else {"src": self.position}
@@ -245,6 +248,23 @@ class DeviceStage:
         for key_type, key in zip(KEY_TYPES, keys, strict=True):
             if key:
                 out.append(records.rate_update(key_type, key, turn, defective, src))
+
+    def _resolve_chain(self, st: DeviceState, tip: TurnState, failed: bool,
+                       out: list[Output]) -> None:
+        """The chain ending at ``tip`` is over: its earlier turns are compared with ``tip``
+        if it went well; otherwise each keeps the guess made with its own rephrase."""
+        members = set(tip.chain)
+        for turn in [t for t in st.waiting if t.event_id in members]:
+            point = (turn.failure_guess or "unknown") if failed else attribute_in_hindsight(
+                turn, tip, self.failure_thresholds)
+            self._defect(st, turn, point, out)
+        st.waiting = [t for t in st.waiting if t.event_id not in members]
+
+    def _defect(self, st: DeviceState, turn: TurnState, failure_point: str,
+                out: list[Output]) -> None:
+        self.stats.signals["defect"] += 1
+        self.stats.failure_points[failure_point] += 1
+        out.append(records.defect(st.device_id, turn, failure_point))
 
     # -- state for changelog-backed tables -------------------------------------------------------
     def export_device(self, device_id: str) -> dict[str, Any] | None:

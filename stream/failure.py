@@ -35,6 +35,13 @@ result              The rephrase kept intent and content words (a plain repeat);
 unknown             Anything else, e.g. a rephrase where an intent is missing.
 ==================  ==========================================================================
 
+**Hindsight** (``attribute_in_hindsight``): a defective turn whose rephrase chain ends in a
+turn that went well is decided when the chain ends, against that turn rather than its
+immediate rephrase: low ASR confidence or a sound-alike fix -> ``asr``; another intent ->
+``nlu``; the same intent with other slot values -> ``entity_resolution``; same intent and
+slots -> ``result``. A chain that ends in a failure keeps the table's guess with the turn's
+own rephrase; a turn without a rephrase is decided by the table when it is final.
+
 Pipeline order decides ties: a misheard word usually also yields a wrong or unknown intent, and
 the seed names the *earliest* component, so ASR is checked before NLU. Deterministic: only the
 two turns are read. A request that no component could serve is not recognisable here.
@@ -111,6 +118,43 @@ def content_diff(a: str, b: str) -> tuple[set[str], set[str]]:
     """
     ta, tb = set(a.split()), set(b.split())
     return ta - tb - FILLERS, tb - ta - FILLERS
+
+
+def attribute_in_hindsight(turn: TurnState, fixed: TurnState,
+                           thresholds: FailureThresholds | None = None) -> str:
+    """The failure point of a defective ``turn`` whose rephrase chain ended in ``fixed``, a
+    turn that went well: the earliest component whose output differs from the one that
+    worked. ASR first (low confidence, or the fix only swapped words for ones that sound or
+    look alike); then NLU (another or no intent); then entity resolution (the same intent,
+    other slot values); else the result (same intent and slots, the answer was still wrong).
+    Without an intent on the fix there is nothing to compare: ``attribute``.
+
+    >>> bad = TurnState("e1", 0, "call mom", "call mom", intent="call", slots={"who": "tom"},
+    ...                 asr_confidence=0.9, signals=["rephrased"])
+    >>> good = TurnState("e2", 5, "phone my mother", "phone my mother", intent="call",
+    ...                  slots={"who": "mom"})
+    >>> attribute_in_hindsight(bad, good)
+    'entity_resolution'
+    """
+    th = thresholds or FailureThresholds()
+    if _below(turn.asr_confidence, th.low_asr_confidence) or _sounds_alike(turn, fixed, th):
+        return ASR
+    if not _known(fixed.intent):
+        return attribute(turn, fixed, th)
+    if turn.intent != fixed.intent:
+        return NLU
+    if (turn.slots or {}) != (fixed.slots or {}):
+        return ENTITY_RESOLUTION
+    return RESULT
+
+
+def _sounds_alike(turn: TurnState, other: TurnState, th: FailureThresholds) -> bool:
+    """The other turn swapped content words for ones that sound or look alike."""
+    only_a, only_b = content_diff(turn.norm, other.norm)
+    if not (only_a and only_b):
+        return False
+    sim = similarity(turn.norm, other.norm)
+    return not sim["swap"] and (sim["phonetic"] >= th.asr_phonetic or sim["char"] >= th.asr_char)
 
 
 def attribute(turn: TurnState, rephrase: TurnState | None = None,

@@ -40,6 +40,10 @@ class TurnState:
     rephrased_by: str | None = None
     stop_turn: bool = False
     repeat_flagged: bool = False
+    slots: dict[str, str] | None = None
+    failure_guess: str | None = None
+    """Failure point decided when the turn became final, against its own rephrase: kept when
+    its chain does not end in a success to compare with."""
     pair_prev: str | None = None
     """The device's previous request within the window (normalised), for pair evidence."""
     pair_prev_failed: bool = False
@@ -74,6 +78,9 @@ class DeviceState:
     unknown_turns: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     """(ts, event_id) of unknown-intent / low-NLU-confidence turns in the teach window."""
     unknown_flagged_until: int = 0
+    waiting: list[TurnState] = dataclasses.field(default_factory=list)
+    """Final defective turns of a rephrase chain still going: their failure point is decided
+    in hindsight, when the chain's last turn is final."""
     observations: list[list[Any]] = dataclasses.field(default_factory=list)
     """Final requests waiting to join the pair evidence (``stream.pairs``): [due, previous
     request, request, intent, previous failed, fine]."""
@@ -106,6 +113,7 @@ class DeviceState:
             "unknown_turns": [list(u) for u in self.unknown_turns],
             "unknown_flagged_until": self.unknown_flagged_until,
             "observations": self.observations,
+            "waiting": [t.to_dict() for t in self.waiting],
         }
 
     @classmethod
@@ -121,4 +129,5 @@ class DeviceState:
             unknown_turns=[(int(ts), str(eid)) for ts, eid in data["unknown_turns"]],
             unknown_flagged_until=data["unknown_flagged_until"],
             observations=[list(o) for o in data.get("observations", [])],
+            waiting=[TurnState.from_dict(t) for t in data.get("waiting", [])],
         )

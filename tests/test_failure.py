@@ -123,3 +123,42 @@ def turns(draw: st.DrawFn, ts: int) -> TurnState:
 def test_always_a_known_point_and_deterministic(t: TurnState, r: TurnState | None) -> None:
     point = attribute(t, r)
     assert point in FAILURE_POINTS and attribute(t, r) == point
+
+
+def _chain_points(second: dict[str, Any], third: dict[str, Any] | None = None) -> dict[str, str]:
+    """Failure points of a chain "call tom" (interrupted) -> second [-> third], replayed."""
+    from stream.engine import FeedbackEngine
+    from tests.events import by_stream, turn
+
+    eng = FeedbackEngine()
+    lines = [turn("a", 0, "call tom", intent="call", slots={"who": "tom"}, asr_confidence=0.9,
+                  nlu_confidence=0.9, tts_start_ts=800, tts_end_ts=4_000, barge_in_ts=1_500),
+             turn("b", 2_500, "call tom please", **second)]
+    if third is not None:
+        lines.append(turn("c", 6_000, "call tom now please", **third))
+    outs = [o for line in lines for o in eng.process(line)] + eng.flush()
+    return {d["event_id"]: d["failure_point"] for d in by_stream(outs).get("defects", [])}
+
+
+def test_failure_point_in_hindsight_compares_with_the_turn_that_worked() -> None:
+    ok = {"asr_confidence": 0.9, "nlu_confidence": 0.9}
+    assert _chain_points({"intent": "call", "slots": {"who": "mom"}, **ok}) == {
+        "a": "entity_resolution"}
+    assert _chain_points({"intent": "call", "slots": {"who": "tom"}, **ok}) == {"a": "result"}
+    assert _chain_points({"intent": "message", "slots": {"who": "tom"}, **ok}) == {"a": "nlu"}
+    # Decided against the last turn, the one that worked, not the failed one in between.
+    second = {"intent": "message", "asr_confidence": 0.9, "nlu_confidence": 0.9,
+              "tts_start_ts": 3_300, "tts_end_ts": 9_000, "barge_in_ts": 3_800}
+    points = _chain_points(second, {"intent": "call", "slots": {"who": "mom"}, **ok})
+    assert points == {"a": "entity_resolution", "b": "nlu"}
+
+
+def test_unresolved_chain_keeps_the_guess_made_with_its_own_rephrase() -> None:
+    failed = {"intent": "call", "slots": {"who": "mom"}, "asr_confidence": 0.9,
+              "nlu_confidence": 0.9, "tts_start_ts": 3_300, "tts_end_ts": 9_000,
+              "barge_in_ts": 3_800}
+    points = _chain_points(failed)
+    assert points["a"] == attribute(
+        TurnState("a", 0, "call tom", "call tom", intent="call", asr_confidence=0.9,
+                  nlu_confidence=0.9, signals=["barge_in", "rephrased"]),
+        TurnState("b", 1, "call tom please", "call tom please", intent="call"))
