@@ -23,8 +23,16 @@ from stream.detectors import (
     failed_visibly,
     teachable_moment,
 )
-from stream.failure import FailureThresholds, attribute, attribute_in_hindsight
-from stream.pairs import PartitionedEvidence
+from stream.failure import (
+    ENTITY_RESOLUTION,
+    NLU,
+    RESULT,
+    UNKNOWN,
+    FailureThresholds,
+    attribute,
+    attribute_in_hindsight,
+)
+from stream.pairs import MEANING_SHARE, PartitionedEvidence
 from stream.records import KEY_TYPES, NEGATIVE_FEEDBACK, Output
 from stream.schema import Feedback, Turn
 from stream.session import DeviceState, TurnState
@@ -231,7 +239,7 @@ class DeviceStage:
         defective = bool(turn.signals)
         if defective:
             rephrase = st.find_pending(turn.rephrased_by) if turn.rephrased_by else None
-            turn.failure_guess = attribute(turn, rephrase, self.failure_thresholds)
+            turn.failure_guess = self._guess(st, turn, rephrase)
             if turn.rephrased_by is not None:
                 st.waiting.append(turn)  # decided when its chain ends (hindsight)
             else:
@@ -259,6 +267,17 @@ class DeviceStage:
                 turn, tip, self.failure_thresholds)
             self._defect(st, turn, point, out)
         st.waiting = [t for t in st.waiting if t.event_id not in members]
+
+    def _guess(self, st: DeviceState, turn: TurnState, rephrase: TurnState | None) -> str:
+        """The failure point without hindsight (``attribute``), corrected by what people
+        mean by the utterance (pair evidence): a confident intent that is not the one the
+        utterance usually gets when it works is an NLU failure, not a bad result."""
+        point = attribute(turn, rephrase, self.failure_thresholds)
+        if point in (RESULT, ENTITY_RESOLUTION, UNKNOWN) and turn.intent:
+            meaning = self.evidence.partition(st.partition).meaning(turn.norm)
+            if meaning is not None and meaning[1] >= MEANING_SHARE and meaning[0] != turn.intent:
+                return NLU
+        return point
 
     def _defect(self, st: DeviceState, turn: TurnState, failure_point: str,
                 out: list[Output]) -> None:

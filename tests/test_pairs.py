@@ -96,3 +96,18 @@ def test_partitioned_pipeline_with_restarts_equals_replay_on_evidence_links():
     for restart_every in (None, 900):
         outputs, _, _ = run_pipeline(to_messages(lines), restart_every=restart_every)
         assert without_global_rewrites(canonical(outputs)) == expected, restart_every
+
+
+def test_a_confident_intent_people_do_not_mean_is_blamed_on_nlu():
+    from tests.events import by_stream, turn, watermark
+
+    eng = FeedbackEngine()
+    for i in range(8):  # what people mean by "play harry potter", when it works
+        eng.process(turn(f"ok{i}", i * 1_000, "play harry potter", device=f"d{i}",
+                         intent="PlayAudiobook", nlu_confidence=0.9, asr_confidence=0.9))
+    eng.process(watermark(200_000))
+    eng.process(turn("bad", 300_000, "play harry potter", device="d0", intent="PlayVideo",
+                     nlu_confidence=0.9, asr_confidence=0.9, tts_start_ts=300_800,
+                     tts_end_ts=305_000, barge_in_ts=302_000))
+    defects = by_stream(eng.flush())["defects"]
+    assert [(d["event_id"], d["failure_point"]) for d in defects] == [("bad", "nlu")]
