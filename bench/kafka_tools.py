@@ -21,7 +21,7 @@ import orjson
 
 from bench.common import Progress, Timing
 from stream.records import OUTPUT_STREAMS
-from stream.settings import Settings
+from topologies.settings import KafkaSettings
 
 PROBE_DEVICE = "bench-probe"
 
@@ -215,7 +215,7 @@ class Pipeline:
     """Worker processes of one consumer group on one broker (each with its own web port and
     state directory)."""
 
-    def __init__(self, settings: Settings, n_workers: int) -> None:
+    def __init__(self, settings: KafkaSettings, n_workers: int) -> None:
         self.settings = settings
         self.n_workers = n_workers
         self.workers: list[Any] = []

@@ -32,7 +32,7 @@ SIZES = (5, 20, 64)
 def _miner(states: list[list[Any]], config: Any = None) -> Any:
     from stream.rewrites import RewriteConfig, RewriteMiner
 
-    config = config or RewriteConfig()
+    config = config or RewriteConfig(min_support=3)  # as measured before the defaults met
     return RewriteMiner.from_dict({"layer": "global", "device_id": None, "states": states,
                                    "published": {}, "evictions": 0,
                                    "config": dataclasses.asdict(config)})

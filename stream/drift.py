@@ -41,6 +41,7 @@ from river.drift import ADWIN
 
 from stream import records
 from stream.records import Output
+from stream.settings import Settings
 from stream.stats import EngineStats
 
 
@@ -77,6 +78,11 @@ class DefectRateDrift:
         """Keys with a detector, least recently updated first."""
         self.evictions = 0
 
+
+    @classmethod
+    def from_settings(cls, settings: Settings, stats: EngineStats | None = None) -> DefectRateDrift:
+        return cls(min_plays=settings.drift_min_plays, max_keys=settings.drift_max_keys,
+                   delta=settings.drift_delta, stats=stats)
     def learn_one(self, update: Mapping[str, Any]) -> list[Output]:
         """Apply one ``rate-updates`` record."""
         return self.update(update["key_type"], update["key"], bool(update["defective"]),

@@ -119,9 +119,7 @@ class RateStage:
             k: OrderedDict() for k in KEY_TYPES}
         self.changes = ChangeSet()
         """Keys (``key_type:key``) changed or evicted, for changelog writes (enable to track)."""
-        s = self.settings
-        self.drift = DefectRateDrift(min_plays=s.drift_min_plays, max_keys=s.drift_max_keys,
-                                     delta=s.drift_delta, stats=self.stats)
+        self.drift = DefectRateDrift.from_settings(self.settings, self.stats)
 
     def apply(self, update: dict[str, Any], estimate: bool = True) -> list[Output]:
         """The new estimate of the update's key, and a drift alert if its rate changed.

@@ -77,7 +77,10 @@ _VISIT_FACTOR = 16
 
 @dataclasses.dataclass(frozen=True)
 class RewriteConfig:
-    min_support: int = 3
+    """Thresholds and caps of one layer. The defaults are the settings' (``from_settings``
+    maps the ``rewrite_*`` settings); tests that want smaller counts say so."""
+
+    min_support: int = 5
     min_p_success: float = 0.6
     min_gain: float = 0.2
     max_states: int = 200_000

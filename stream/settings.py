@@ -6,8 +6,9 @@ field name in upper case, e.g. ``FEEDBACK_STREAM_REPHRASE_WINDOW_MS=30000``.
 >>> s = Settings.from_env({"FEEDBACK_STREAM_REPHRASE_WINDOW_MS": "30000"})
 >>> s.rephrase_window_ms
 30000
->>> s.topic("defects")
-'feedback.defects'
+
+These are the core's settings; the Kafka topology adds its own in ``topologies.settings``
+(``KafkaSettings``, a subclass: one environment, one ``--help``, one README table).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 ENV_PREFIX = "FEEDBACK_STREAM_"
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    """Settings of the core (detection, estimates, rewrite mining, drift, input limits)."""
+
     # --- detection (event time, milliseconds) ---
     rephrase_window_ms: int = 45_000
     """A later turn of the same device within this window may be a rephrase of an earlier one."""
@@ -82,33 +85,9 @@ class Settings:
     """Non-empty: device and event ids are replaced by keyed hashes (``stream.privacy``)."""
     min_ts: int = 946_684_800_000  # 2000-01-01
     max_ts: int = 4_102_444_800_000  # 2100-01-01
-    # --- Kafka (used only by topologies/) ---
-    bootstrap_servers: str = ""
-    """Empty means: start the embedded tansu broker."""
-    input_topic: str = "interactions"
-    topic_prefix: str = "feedback."
-    partitions: int = 4
-    app_id: str = "feedback-stream"
-    web_port: int = 6066
-    web_bind: str = "127.0.0.1"
-    state_dir: str = "/tmp/feedback-stream"
-    session_timeout_s: float = 6.0
-    batch_size: int = 2_000
-    batch_within_s: float = 0.05
-    fetch_max_wait_ms: int = 100
-    """How long the broker may hold a fetch that finds no data (Faust hard-codes 1500)."""
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = ""
-    sasl_username: str = ""
-    sasl_password: str = ""
-    ssl_cafile: str = ""
-
-    def topic(self, stream: str) -> str:
-        """Kafka topic name of an output stream."""
-        return f"{self.topic_prefix}{stream}"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         """Defaults, then ``FEEDBACK_STREAM_*`` variables, then explicit keyword overrides."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

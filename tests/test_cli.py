@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from stream.records import OUTPUT_STREAMS
-from stream.settings import Settings
 from tests.events import turn
+from topologies.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -58,14 +58,14 @@ def test_every_command_has_help(command):
 
 def test_top_level_help_lists_every_setting():
     out = cli("--help").stdout.decode()
-    for name, _, _ in Settings.describe():
+    for name, _, _ in KafkaSettings.describe():
         assert name in out
 
 
 def test_readme_documents_every_setting_stream_and_reason():
     from stream.schema import REASONS
 
-    for name, _, _ in Settings.describe():
+    for name, _, _ in KafkaSettings.describe():
         assert f"`{name}`" in README, name
     for stream in OUTPUT_STREAMS:
         assert f"`{stream}`" in README, stream
@@ -163,7 +163,7 @@ def test_demo_summary_counts_defect_rate_plays_not_records():
     outputs = {name: [] for name in OUTPUT_STREAMS}
     outputs["defect-rates"] = [{**estimate, "plays": 2}, {**estimate, "plays": 5},
                                {**estimate, "key": "stop", "plays": 1}]
-    text = demo_summary(outputs, Settings(), Counter({"defect-rates": 6}), top=3)
+    text = demo_summary(outputs, KafkaSettings(), Counter({"defect-rates": 6}), top=3)
     assert "3  estimates of 2 keys counting 6 plays [6 updates]" in text
 
 

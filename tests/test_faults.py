@@ -23,7 +23,6 @@ import pytest
 
 from stream.engine import FeedbackEngine
 from stream.records import DEAD_LETTER, DEFECT_RATES, OUTPUT_STREAMS
-from stream.settings import Settings
 from tests.prom import metric_total
 from tests.test_kafka_pipeline import canonical, check_tables_copartitioned
 from topologies.broker import EmbeddedBroker, free_port
@@ -36,11 +35,12 @@ from topologies.runner import (
     prepare_topics,
     read_records,
 )
+from topologies.settings import KafkaSettings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
 
 
-def pipeline_settings(bootstrap: str, label: str, **overrides: Any) -> Settings:
+def pipeline_settings(bootstrap: str, label: str, **overrides: Any) -> KafkaSettings:
     uid = f"{label}-{uuid.uuid4().hex[:6]}"
     settings = demo_settings(bootstrap, app_id=f"fs-{uid}", input_topic=f"interactions-{uid}",
                              topic_prefix=f"{uid}.", **overrides)
@@ -48,7 +48,7 @@ def pipeline_settings(bootstrap: str, label: str, **overrides: Any) -> Settings:
     return settings
 
 
-def replay(lines: list[bytes], settings: Settings | None = None) -> dict[str, list[dict]]:
+def replay(lines: list[bytes], settings: KafkaSettings | None = None) -> dict[str, list[dict]]:
     """What the in-process engine makes of ``lines`` (every line, as the producer sends it)."""
     engine = FeedbackEngine(settings)
     out: dict[str, list[dict]] = {name: [] for name in OUTPUT_STREAMS}
@@ -60,13 +60,13 @@ def replay(lines: list[bytes], settings: Settings | None = None) -> dict[str, li
     return out
 
 
-def metrics(settings: Settings) -> str:
+def metrics(settings: KafkaSettings) -> str:
     url = f"http://127.0.0.1:{settings.web_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.read().decode()
 
 
-def consumed(settings: Settings) -> float | None:
+def consumed(settings: KafkaSettings) -> float | None:
     """Input records the worker accounted for (ok + duplicate + dead letter), or None."""
     try:
         return metric_total(metrics(settings), "feedback_stream_events_total")
@@ -74,7 +74,7 @@ def consumed(settings: Settings) -> float | None:
         return None
 
 
-def plays_so_far(settings: Settings) -> int:
+def plays_so_far(settings: KafkaSettings) -> int:
     """Updates counted by the defect-rate estimates published so far."""
     return plays_counted(read_records(settings, DEFECT_RATES, timeout_s=0.3, max_s=1.0))
 
@@ -313,7 +313,7 @@ def test_broker_restart_is_not_silent(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # (c) output records the producer cannot deliver
 # ------------------------------------------------------------------------------------------------
-def committed_offsets(settings: Settings) -> dict[int, int]:
+def committed_offsets(settings: KafkaSettings) -> dict[int, int]:
     """The worker's committed input offsets per partition (kafka-python works on tansu)."""
     from kafka import KafkaAdminClient
 
@@ -412,7 +412,7 @@ def test_batch_whose_outputs_were_not_published_is_processed_again():
     with the real processors and a dict as the table."""
     from topologies.processors import DeviceProcessor, Message, RateProcessor
 
-    settings = Settings()
+    settings = KafkaSettings()
     lines = SAMPLE.read_bytes().splitlines()[:400]
     batch = [Message(None, line, 0, offset, "interactions") for offset, line in
              enumerate(lines)]

@@ -25,7 +25,6 @@ import pytest
 from stream.engine import FeedbackEngine
 from stream.records import DEFECT_RATES, OUTPUT_STREAMS, REWRITE_TRIGGERS
 from stream.replay import iter_lines
-from stream.settings import Settings
 from topologies import runner
 from topologies.broker import free_port
 from topologies.kafka_io import produce_file, read_topic
@@ -39,11 +38,12 @@ from topologies.runner import (
     prepare_topics,
     read_records,
 )
+from topologies.settings import KafkaSettings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
 
 
-def pipeline_settings(broker, label: str) -> Settings:
+def pipeline_settings(broker, label: str) -> KafkaSettings:
     uid = f"{label}-{uuid.uuid4().hex[:6]}"
     settings = demo_settings(broker.bootstrap, app_id=f"fs-{uid}",
                              input_topic=f"interactions-{uid}", topic_prefix=f"{uid}.")
@@ -95,7 +95,7 @@ def expected() -> dict[str, Counter]:
 
 @pytest.fixture(scope="module")
 def expected_n() -> Counter:
-    return expected_counts(SAMPLE, Settings())
+    return expected_counts(SAMPLE, KafkaSettings())
 
 
 @pytest.mark.kafka
@@ -169,7 +169,7 @@ def _split_sample(tmp_path: Path, fraction: float) -> tuple[Path, Path]:
     return first, second
 
 
-def _wait_for_plays(settings: Settings, at_least: int, timeout_s: float) -> int:
+def _wait_for_plays(settings: KafkaSettings, at_least: int, timeout_s: float) -> int:
     """Wait until the defect-rate estimates count ``at_least`` updates (plays)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -224,7 +224,7 @@ def test_two_workers_in_one_group_equal_one(broker, expected, expected_n):
     check_tables_copartitioned(settings)
 
 
-def check_tables_copartitioned(settings: Settings) -> None:
+def check_tables_copartitioned(settings: KafkaSettings) -> None:
     """Every changelog record sits in the partition the input record with the same key is in:
     what a worker that owns input partition p restores is exactly the state of p's keys.
     (Found broken by a rebalance test: Faust JSON-encodes str table keys, ``"dev1"`` with
@@ -252,7 +252,7 @@ def test_collect_outputs_counts_distinct_records(monkeypatch):
         return next(reads)
 
     monkeypatch.setattr(runner, "read_records", fake_read)
-    outputs = collect_outputs(Settings(), Counter({"barge-ins": 2}), timeout_s=5)
+    outputs = collect_outputs(KafkaSettings(), Counter({"barge-ins": 2}), timeout_s=5)
     assert outputs["barge-ins"] == [{"a": 1}, {"a": 1}, {"a": 2}]
     assert calls == [2, None]  # after repeats: read until quiet, not up to a count
 
@@ -264,7 +264,7 @@ def _last_assignment(worker: WorkerProcess) -> list[int]:
     return [int(p) for p in found[-1].split(",") if p.strip()]
 
 
-def _get(settings: Settings, path: str) -> tuple[int, bytes, str]:
+def _get(settings: KafkaSettings, path: str) -> tuple[int, bytes, str]:
     url = f"http://127.0.0.1:{settings.web_port}{path}"
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:
@@ -273,7 +273,7 @@ def _get(settings: Settings, path: str) -> tuple[int, bytes, str]:
         return err.code, err.read(), err.headers.get("Content-Type", "")
 
 
-def check_web_views(settings: Settings, outputs: dict[str, list[dict]]) -> None:
+def check_web_views(settings: KafkaSettings, outputs: dict[str, list[dict]]) -> None:
     """The worker's HTTP views: current estimates and Prometheus metrics."""
     final = {(r["key_type"], r["key"]): r for r in outputs[DEFECT_RATES]}
     status, body, ctype = _get(settings, "/defect-rates?utterance=Play%20Harry%20Potter!")

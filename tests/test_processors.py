@@ -12,7 +12,6 @@ import pytest
 from stream.engine import FeedbackEngine
 from stream.rates import DefectRateTracker, RateStage
 from stream.records import CHAINS, DEAD_LETTER, DEFECT_RATES, RATE_UPDATES
-from stream.settings import Settings
 from topologies.processors import (
     DeviceProcessor,
     GlobalRewriteProcessor,
@@ -25,6 +24,7 @@ from topologies.processors import (
     expand_rate_updates,
     partition_of,
 )
+from topologies.settings import KafkaSettings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
 PARTITIONS = 4
@@ -78,7 +78,7 @@ def to_messages(lines: list[bytes]) -> list[Message]:
 def run_pipeline(msgs: list[Message], restart_every: int | None = None):
     """All stages as the Faust app wires them, with dicts as tables; ``restart_every``
     messages the processors are replaced by fresh ones over the same tables."""
-    settings = Settings(partitions=PARTITIONS)
+    settings = KafkaSettings(partitions=PARTITIONS)
     tables: dict[str, dict] = {"devices": {}, "rates": {}, "personal": {}, "global": {}}
 
     def fresh():
@@ -132,7 +132,7 @@ def test_restarts_continue_from_table_state(lines):
 
 
 def test_rate_updates_redelivered_are_not_double_counted():
-    settings = Settings(partitions=1)
+    settings = KafkaSettings(partitions=1)
     table: dict[str, bytes] = {}
     proc = RateProcessor(settings, table)
     update = orjson.dumps({"key_type": "utterance", "key": "play jazz", "defective": True,
@@ -221,7 +221,7 @@ def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing
     restarted stage 1 re-emits the batch's rate-updates and chains, and the stages behind
     apply each turn's update and each chain exactly once (the ``src`` positions), ending
     with exactly the estimates and rewrite-miner states of a run without the crash."""
-    settings, batches = Settings(partitions=PARTITIONS), batches_of(lines)
+    settings, batches = KafkaSettings(partitions=PARTITIONS), batches_of(lines)
     crash_at = len(batches) // 2
 
     clean = stage1_tables()
@@ -259,7 +259,7 @@ def test_stage1_redelivered_from_far_back_changes_nothing(lines):
     and skipped, and the outputs are exactly those of a run without the crash. (Processed
     again, a device's old event was dead-lettered as ``late`` if the device had expired and
     come back since: seen on the broker after a SIGKILL.)"""
-    settings, batches = Settings(partitions=PARTITIONS), batches_of(lines)
+    settings, batches = KafkaSettings(partitions=PARTITIONS), batches_of(lines)
     half = len(batches) // 2
 
     clean = stage1_tables()
@@ -276,7 +276,7 @@ def test_stage1_redelivered_from_far_back_changes_nothing(lines):
 def test_one_rate_update_record_per_key_and_one_estimate_per_key_per_batch(lines):
     """Stage 1 coalesces a batch's updates per key (same updates, same order) and stage 2
     publishes one estimate per changed key per batch: its final state."""
-    settings = Settings(partitions=PARTITIONS)
+    settings = KafkaSettings(partitions=PARTITIONS)
     batch = to_messages(lines)[:1_000]
     single = []  # what the engines emit, one update per finalised turn and key
     processor = DeviceProcessor(settings, {})

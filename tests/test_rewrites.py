@@ -21,8 +21,12 @@ from stream.rewrite_layers import PersonalRewriteMiner, RewriteLayers
 from stream.rewrites import RewriteConfig, RewriteMiner
 from stream.settings import Settings
 from topologies.processors import GlobalRewriteProcessor, Message, PersonalRewrites
+from topologies.settings import KafkaSettings
 
 WILK = "weather in wilkerson"
+# Small populations: 3 supporting chains publish (the settings' default is 5).
+CFG3 = RewriteConfig(min_support=3)
+PERSONAL3 = RewriteConfig(min_support=3, max_states=1_000)
 
 
 def chain(utts: list[str], ok: bool, ts: int = 0, device: str = "d0") -> dict:
@@ -188,7 +192,7 @@ def wilkerson_chains() -> list[dict]:
 
 
 def test_personal_layer_wins_over_global() -> None:
-    layers = RewriteLayers()
+    layers = RewriteLayers(CFG3, PERSONAL3)
     outs = feed(layers, wilkerson_chains())
     assert layers.lookup(WILK)["rewrite"] == f"{WILK} washington"
     assert layers.lookup(WILK, "g0")["rewrite"] == f"{WILK} washington"  # no personal rewrite
@@ -208,7 +212,7 @@ def test_personal_needs_support() -> None:
 
 
 def test_withdrawal_when_the_rewrite_starts_failing() -> None:
-    m = RewriteMiner()
+    m = RewriteMiner(CFG3)
     outs = feed(m, [chain(["u", "r"], True, i) for i in range(4)]
                 + [chain(["u"], False, i) for i in range(4, 8)])
     assert [o.record["rewrite"] for o in outs] == ["r"]
@@ -234,7 +238,7 @@ def test_change_to_a_better_rewrite_is_emitted_once() -> None:
 
 
 def test_eviction_bound_and_withdrawal() -> None:
-    m = RewriteMiner(RewriteConfig(max_states=50))
+    m = RewriteMiner(RewriteConfig(min_support=3, max_states=50))
     feed(m, [chain(["u", "r"], True, i) for i in range(3)] + [chain(["u"], False, 3)] * 3)
     assert m.get("u")["rewrite"] == "r"
     outs = feed(m, [chain([f"x{i}", f"y{i}"], True, 10 + i) for i in range(100)])
@@ -248,7 +252,7 @@ def test_eviction_bound_and_withdrawal() -> None:
 
 
 def test_personal_devices_are_bounded() -> None:
-    pm = PersonalRewriteMiner(max_devices=3)
+    pm = PersonalRewriteMiner(PERSONAL3, max_devices=3)
     outs = feed(pm, [chain(["u", "r"], True, i, "a") for i in range(3)]
                 + [chain(["u"], False, 3, "a")] * 3)
     assert pm.get("u", "a")["rewrite"] == "r"
@@ -493,7 +497,7 @@ def test_batched_decisions_snapshot_contract() -> None:
 
 
 def test_batched_decisions_and_eviction() -> None:
-    m = RewriteMiner(RewriteConfig(max_states=50, decide_every=1000))
+    m = RewriteMiner(RewriteConfig(min_support=3, max_states=50, decide_every=1000))
     feed(m, [chain(["u", "r"], True, i) for i in range(3)] + [chain(["u"], False, 3)] * 3)
     assert m.get("u") is None  # pending
     assert [(o.key, o.record["rewrite"]) for o in m.decide()] == [("global:u", "r")]
@@ -529,9 +533,9 @@ def test_batched_decisions_bookkeeping_under_eviction(n: int) -> None:
 
 def test_batched_layers_and_personal_count() -> None:
     chains = wilkerson_chains()
-    plain = RewriteLayers()
+    plain = RewriteLayers(CFG3, PERSONAL3)
     feed(plain, chains)
-    cfg = RewriteConfig(decide_every=10)
+    cfg = RewriteConfig(min_support=3, decide_every=10)
     layers = RewriteLayers(cfg, dataclasses.replace(cfg, max_states=1_000))
     outs = feed(layers, chains)
     # The personal layer counts its chains over all devices (decisions at its 10th, 20th, ...
@@ -565,7 +569,7 @@ def test_engine_decide_every_on_the_sample() -> None:
 
 def test_topology_decides_at_the_end_of_each_batch() -> None:
     chains, _ = population(7, 2000)
-    settings = Settings(rewrite_decide_every=1000)
+    settings = KafkaSettings(rewrite_decide_every=1000)
     proc, table = GlobalRewriteProcessor(settings, {}), {}
     ref = RewriteMiner(RewriteConfig(min_support=5, decide_every=1000))
     for start in range(0, len(chains), 300):

@@ -15,11 +15,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.settings import Settings
 from tests.tls import TLSBroker, start_tls_broker
 from topologies.broker import BrokerError
 from topologies.kafka_io import KafkaIOError, read_topic, security_kwargs
 from topologies.runner import WorkerProcess, demo_settings
+from topologies.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
 
@@ -77,7 +77,7 @@ def test_produce_cli_and_librdkafka_over_tls(tls_broker: TLSBroker, small_sample
     writes over TLS and the project's reader (aiokafka) reads that back."""
     from confluent_kafka import Consumer, Producer
 
-    settings = Settings(security_protocol="SSL", ssl_cafile=tls_broker.cafile)
+    settings = KafkaSettings(security_protocol="SSL", ssl_cafile=tls_broker.cafile)
     rdkafka = {"bootstrap.servers": tls_broker.bootstrap, **security_kwargs(settings, "confluent")}
     topic = f"produced-{uuid.uuid4().hex[:6]}"
     proc = cli("produce", str(small_sample), "--bootstrap-servers", tls_broker.bootstrap,

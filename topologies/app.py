@@ -1,6 +1,6 @@
 """The Faust app: ``faust -A topologies.app worker`` (or ``feedback-stream worker``).
 
-Topology (all names configurable, see ``stream.settings``):
+Topology (all names configurable, see ``topologies.settings``):
 
     interactions (key device_id) --[detect: stage 1, per device]--> barge-ins, rephrases,
         defects, teachable-moments, dead-letter, and rate-updates (key key_type:key)
@@ -24,7 +24,6 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream.records import CHAINS, RATE_UPDATES, event_ts
-from stream.settings import Settings
 from stream.stats import EngineStats
 from stream.text import normalize
 from topologies import faust_fixes
@@ -38,15 +37,16 @@ from topologies.processors import (
     RawKeyTable,
 )
 from topologies.publisher import OutputPublisher
+from topologies.settings import KafkaSettings
 from topologies.types import BatchProcessor, Message
 
 log = logging.getLogger(__name__)
-settings = Settings.from_env()
+settings = KafkaSettings.from_env()
 faust_fixes.install_recovery_seek_fix()
 faust_fixes.install_fetch_max_wait(settings.fetch_max_wait_ms)
 
 
-def faust_config(s: Settings) -> dict[str, Any]:
+def faust_config(s: KafkaSettings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "broker": "kafka://" + (s.bootstrap_servers or "127.0.0.1:9092"),
         "store": "memory://",
@@ -66,7 +66,7 @@ def faust_config(s: Settings) -> dict[str, Any]:
     return config
 
 
-def faust_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:
+def faust_credentials(s: KafkaSettings) -> faust.types.auth.CredentialsT | None:
     """SASL / TLS settings as Faust credentials (None for PLAINTEXT)."""
     opts = security_kwargs(s, "aiokafka")
     if not opts:

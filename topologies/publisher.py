@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from stream.records import Output
-from stream.settings import Settings
 from topologies.kafka_io import security_kwargs
+from topologies.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _failed(exc: BaseException) -> asyncio.Future[Any]:
 
 
 class OutputPublisher:
-    def __init__(self, settings: Settings, topic_for: Callable[[str], str],
+    def __init__(self, settings: KafkaSettings, topic_for: Callable[[str], str],
                  retries: int = 5, on_error: Callable[[str], None] | None = None,
                  on_retry: Callable[[], None] | None = None) -> None:
         self.settings = settings

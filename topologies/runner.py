@@ -28,16 +28,17 @@ from stream.records import (
     REWRITE_TRIGGERS,
 )
 from stream.replay import iter_lines
-from stream.settings import ENV_PREFIX, Settings
+from stream.settings import ENV_PREFIX
 from topologies.broker import free_port
 from topologies.kafka_io import create_topics, read_topic, security_options
+from topologies.settings import KafkaSettings
 
 
 class PipelineError(RuntimeError):
     """The pipeline did not produce what was expected; the message says what and where."""
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
+def settings_env(settings: KafkaSettings) -> dict[str, str]:
     """The environment that makes a worker process see ``settings``."""
     return {ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name))
             for f in dataclasses.fields(settings)}
@@ -46,7 +47,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """One Faust worker (``faust -A topologies.app worker``) as a child process."""
 
-    def __init__(self, settings: Settings, log_path: str | Path | None = None,
+    def __init__(self, settings: KafkaSettings, log_path: str | Path | None = None,
                  loglevel: str = "warn") -> None:
         self.settings = settings
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(
@@ -93,7 +94,7 @@ class WorkerProcess:
         self.stop()
 
 
-def topic_layout(settings: Settings) -> tuple[dict[str, int], set[str]]:
+def topic_layout(settings: KafkaSettings) -> tuple[dict[str, int], set[str]]:
     """Topics to create (name -> partitions) and which of them are compacted."""
     n = settings.partitions
     topics = {settings.input_topic: n, settings.topic(RATE_UPDATES): n,
@@ -102,13 +103,13 @@ def topic_layout(settings: Settings) -> tuple[dict[str, int], set[str]]:
     return topics, {settings.topic(DEFECT_RATES), settings.topic(REWRITE_TRIGGERS)}
 
 
-def prepare_topics(settings: Settings) -> None:
+def prepare_topics(settings: KafkaSettings) -> None:
     topics, compacted = topic_layout(settings)
     create_topics(settings.bootstrap_servers, topics, compacted=compacted,
                   **security_options(settings))
 
 
-def expected_counts(path: str | Path, settings: Settings) -> Counter[str]:
+def expected_counts(path: str | Path, settings: KafkaSettings) -> Counter[str]:
     """Records per output stream that the in-process engine makes of ``path``."""
     engine = FeedbackEngine(settings)
     counts: Counter[str] = Counter()
@@ -119,7 +120,7 @@ def expected_counts(path: str | Path, settings: Settings) -> Counter[str]:
     return counts
 
 
-def collect_outputs(settings: Settings, expected: Counter[str], timeout_s: float = 120.0,
+def collect_outputs(settings: KafkaSettings, expected: Counter[str], timeout_s: float = 120.0,
                     idle_s: float = 3.0, worker: WorkerProcess | None = None,
                     ) -> dict[str, list[dict[str, Any]]]:
     """Read every output topic until it holds at least the expected number of distinct
@@ -160,7 +161,7 @@ def collect_outputs(settings: Settings, expected: Counter[str], timeout_s: float
     return results
 
 
-def read_records(settings: Settings, stream: str, timeout_s: float,
+def read_records(settings: KafkaSettings, stream: str, timeout_s: float,
                  expected: int | None = None, max_s: float | None = None) -> list[dict[str, Any]]:
     """The records of an output stream's topic, decoded (see ``read_topic`` for when it
     stops); tombstones are left out."""
@@ -176,8 +177,8 @@ def plays_counted(defect_rates: list[dict[str, Any]]) -> int:
     return sum(last.values())
 
 
-def demo_settings(bootstrap: str, **overrides: Any) -> Settings:
-    base = Settings.from_env()
+def demo_settings(bootstrap: str, **overrides: Any) -> KafkaSettings:
+    base = KafkaSettings.from_env()
     web_port = overrides.pop("web_port", None) or free_port()
     state_dir = overrides.pop("state_dir", None) or tempfile.mkdtemp(prefix="feedback-stream-")
     return dataclasses.replace(base, bootstrap_servers=bootstrap, web_port=web_port,

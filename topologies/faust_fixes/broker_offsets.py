@@ -18,9 +18,9 @@ from typing import Any
 
 import faust
 
-from stream.settings import Settings
 from topologies.faust_fixes import consumer_internals
 from topologies.kafka_io import security_kwargs
+from topologies.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class BrokerOffsetCheck:
     """Install with ``BrokerOffsetCheck(app, settings).install()``."""
 
-    def __init__(self, app: faust.App, settings: Settings) -> None:
+    def __init__(self, app: faust.App, settings: KafkaSettings) -> None:
         self.app = app
         self.settings = settings
         self.had_commits: set[tuple[str, int]] = set()

@@ -10,10 +10,10 @@ import orjson
 
 from stream.engine import DeviceEngine
 from stream.records import Output
-from stream.settings import Settings
 from stream.stats import EngineStats
 from topologies.processors.merging import coalesce
 from topologies.processors.state import co_partitioned, decode, partition_of
+from topologies.settings import KafkaSettings
 from topologies.types import ChainLearner, Message
 
 WATERMARK_PREFIX = "\x00watermark:"
@@ -42,7 +42,7 @@ def watermark_key(partition: int, partitions: int) -> str:
 class DeviceProcessor:
     """Stage 1 over batches: one ``DeviceEngine`` per input partition."""
 
-    def __init__(self, settings: Settings, table: MutableMapping[str, bytes],
+    def __init__(self, settings: KafkaSettings, table: MutableMapping[str, bytes],
                  stats: EngineStats | None = None, chains: ChainLearner | None = None) -> None:
         """``chains`` (the personal rewrite layer) gets each batch's outputs and returns
         rewrite triggers; ``rephrase-chains`` records stay in the outputs for the global

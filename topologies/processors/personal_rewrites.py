@@ -16,7 +16,6 @@ from typing import Any
 
 from stream.records import CHAINS, Output
 from stream.rewrite_layers import PersonalRewriteMiner
-from stream.settings import Settings
 from stream.stats import EngineStats
 from topologies.processors.state import (
     co_partitioned,
@@ -25,12 +24,13 @@ from topologies.processors.state import (
     miner_row,
     partition_of,
 )
+from topologies.settings import KafkaSettings
 
 
 class PersonalRewrites:
     """``ChainLearner`` of ``DeviceProcessor``: miners loaded lazily from the table."""
 
-    def __init__(self, settings: Settings, table: MutableMapping[str, Any],
+    def __init__(self, settings: KafkaSettings, table: MutableMapping[str, Any],
                  stats: EngineStats | None = None) -> None:
         self.settings = settings
         self.table = table
