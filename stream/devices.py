@@ -286,23 +286,24 @@ class DeviceStage:
         out.append(records.defect(st.device_id, turn, failure_point))
 
     # -- state for changelog-backed tables -------------------------------------------------------
-    def export_device(self, device_id: str) -> dict[str, Any] | None:
+    # Same vocabulary as RateStage and PersonalRewriteMiner: snapshot(key) / restore(key,
+    # data) / take_changes(); the data is the state object's to_dict().
+    def snapshot(self, device_id: str) -> dict[str, Any] | None:
         st = self.devices.get(device_id)
         return None if st is None else st.to_dict()
 
-    def import_watermark(self, watermark: int) -> None:
+    def restore_watermark(self, watermark: int) -> None:
         """Restore the stream watermark saved with the device states: without it a restarted
         stage finalises turns at other input offsets than the first run did."""
         self.watermark = max(self.watermark, watermark)
 
-    def import_device(self, data: dict[str, Any]) -> None:
-        st = DeviceState.from_dict(data)
-        self.devices[st.device_id] = st
+    def restore(self, device_id: str, data: dict[str, Any]) -> None:
+        st = self.devices[device_id] = DeviceState.from_dict(data)
         window = self.settings.rephrase_window_ms
         for turn in st.pending:
-            heapq.heappush(self._deadlines, (turn.ts + window, st.device_id, turn.event_id))
+            heapq.heappush(self._deadlines, (turn.ts + window, device_id, turn.event_id))
         self.evidence.import_device(st)
 
-    def take_dirty(self) -> tuple[set[str], set[str]]:
+    def take_changes(self) -> tuple[set[str], set[str]]:
         """(changed device ids, removed device ids) since the last call."""
         return self.changes.take()

@@ -85,9 +85,6 @@ class DefectRateTracker(river_stats.base.Univariate):
     def interval(self, level: float = 0.95) -> tuple[float, float]:
         return beta_interval(self.defects, self.plays - self.defects, level)
 
-    def to_list(self) -> list[int]:
-        return [self.plays, self.defects, self.updated_ts]
-
 
 def estimate_output(key_type: str, key: str, tracker: DefectRateTracker) -> Output:
     """The key's ``defect-rates`` record."""
@@ -171,15 +168,17 @@ class RateStage:
         return rank_defective(self.trackers[key_type].items(), k, min_plays)
 
     # -- state for changelog-backed tables -------------------------------------------------------
-    def export_key(self, rkey: str) -> list[int] | None:
+    # Same vocabulary as DeviceStage and PersonalRewriteMiner: snapshot(key) / restore(key,
+    # data) / take_changes(). A rate row stays the compact [plays, defects, updated_ts].
+    def snapshot(self, rkey: str) -> list[int] | None:
         key_type, _, key = rkey.partition(":")
         tracker = self.trackers[key_type].get(key)
-        return None if tracker is None else tracker.to_list()
+        return None if tracker is None else [tracker.plays, tracker.defects, tracker.updated_ts]
 
-    def import_key(self, rkey: str, value: list[int]) -> None:
+    def restore(self, rkey: str, data: list[int]) -> None:
         key_type, _, key = rkey.partition(":")
-        self.trackers[key_type][key] = DefectRateTracker(*value)
+        self.trackers[key_type][key] = DefectRateTracker(*data)
 
-    def take_dirty(self) -> tuple[set[str], set[str]]:
+    def take_changes(self) -> tuple[set[str], set[str]]:
         """(changed keys, evicted keys) since the last call, as ``key_type:key`` strings."""
         return self.changes.take()

@@ -55,11 +55,21 @@ class PersonalRewriteMiner:
         return cls(RewriteConfig.from_settings(settings, "personal"),
                    settings.rewrite_personal_max_devices, stats)
 
-    def restore(self, data: Mapping[str, Any]) -> RewriteMiner:
-        """Put back one device's miner from its ``RewriteMiner.to_dict(False)`` snapshot."""
+    # Same vocabulary as DeviceStage and RateStage: snapshot(key) / restore(key, data) /
+    # take_changes(); the data is the device miner's to_dict(False).
+    def snapshot(self, device_id: str) -> dict[str, Any] | None:
+        miner = self.miners.get(device_id)
+        return None if miner is None else miner.to_dict(with_config=False)
+
+    def restore(self, device_id: str, data: Mapping[str, Any]) -> RewriteMiner:
+        """Put back one device's miner from its ``snapshot``."""
         miner = RewriteMiner.from_dict(data, self.stats, self.config)
-        self.miners[data["device_id"]] = miner
+        self.miners[device_id] = miner
         return miner
+
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        """(devices whose miner changed, devices evicted) since the last call."""
+        return self.changes.take()
 
     def learn_one(self, chain: Mapping[str, Any]) -> list[Output]:
         utts, success, ts = parse_chain(chain)  # invalid chains change nothing
@@ -125,7 +135,7 @@ class PersonalRewriteMiner:
                   stats: EngineStats | None = None) -> PersonalRewriteMiner:
         pm = cls(RewriteConfig(**data["config"]), data["max_devices"], stats)
         for d in data["devices"]:  # one shared config object, not one per device
-            pm.restore(d)
+            pm.restore(d["device_id"], d)
         pm.evictions = data["evictions"]
         return pm
 

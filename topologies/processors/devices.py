@@ -82,7 +82,7 @@ class DeviceProcessor:
                     continue
                 data = decode(blob)
                 if key.startswith(WATERMARK_PREFIX):
-                    eng.devices.import_watermark(data["watermark"])
+                    eng.devices.restore_watermark(data["watermark"])
                     self.offsets[partition] = data.get("offset", -1)
                     if "evidence" in data:
                         evidence.import_meta(data["evidence"])
@@ -94,7 +94,7 @@ class DeviceProcessor:
                     states.append(data)
             # Least recently active first, as the running stage keeps them (idle expiry).
             for data in sorted(states, key=lambda d: d["last_ts"]):
-                eng.devices.import_device(data)
+                eng.devices.restore(data["device_id"], data)
             self.offsets.setdefault(partition, -1)
             self.saved[partition] = (eng.devices.watermark, self.offsets[partition],
                                      *evidence.export_meta())
@@ -131,11 +131,11 @@ class DeviceProcessor:
             self.chains.commit()
         for partition, eng in self.engines.items():
             devices = eng.devices
-            dirty, removed = devices.take_dirty()
+            dirty, removed = devices.take_changes()
             n = self.settings.partitions
             for device_id in dirty:
                 self.table[co_partitioned(device_id, partition, n)] = orjson.dumps(
-                    devices.export_device(device_id))
+                    devices.snapshot(device_id))
             for device_id in removed:
                 self.table.pop(co_partitioned(device_id, partition, n), None)
             evidence = devices.evidence.partition(partition)

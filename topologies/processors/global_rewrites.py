@@ -22,7 +22,7 @@ from stream.rewrites import RewriteConfig, RewriteMiner
 from stream.settings import Settings
 from stream.stats import EngineStats
 from topologies.processors.merging import expand_chains
-from topologies.processors.state import first_application, load_miner, miner_row
+from topologies.processors.state import first_application, miner_row, read_miner_row
 from topologies.types import Message
 
 GLOBAL_KEY = "global"
@@ -49,9 +49,9 @@ class GlobalRewriteProcessor:
 
     def _load(self) -> RewriteMiner:
         if self.miner is None:
-            miner, self.applied = load_miner(self.table.get(GLOBAL_KEY), self.config,
-                                             self.stats)
-            self.miner = miner or RewriteMiner(self.config, "global", None, self.stats)
+            snapshot, self.applied = read_miner_row(self.table.get(GLOBAL_KEY))
+            self.miner = (RewriteMiner(self.config, "global", None, self.stats) if snapshot is None
+                          else RewriteMiner.from_dict(snapshot, self.stats, self.config))
         return self.miner
 
     def process(self, batch: Iterable[Message]) -> list[Output]:
@@ -71,7 +71,7 @@ class GlobalRewriteProcessor:
     def commit(self) -> None:
         """One snapshot of the miner and the chains' positions (after outputs were acked)."""
         if self.learned and self.miner is not None:
-            self.table[GLOBAL_KEY] = miner_row(self.miner, self.applied)
+            self.table[GLOBAL_KEY] = miner_row(self.miner.to_dict(False), self.applied)
             self.learned = 0
 
     def state_sizes(self) -> dict[str, int]:

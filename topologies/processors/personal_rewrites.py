@@ -16,13 +16,14 @@ from typing import Any
 
 from stream.records import CHAINS, Output
 from stream.rewrite_layers import PersonalRewriteMiner
+from stream.rewrites import RewriteMiner
 from stream.stats import EngineStats
 from topologies.processors.state import (
     co_partitioned,
     first_application,
-    load_miner,
     miner_row,
     partition_of,
+    read_miner_row,
 )
 from topologies.settings import KafkaSettings
 
@@ -74,10 +75,9 @@ class PersonalRewrites:
         """The device's applied positions, its miner restored from the table on first use."""
         applied = self.applied.get(device_id)
         if applied is None:
-            miner, applied = load_miner(self._stored(device_id), self.layer.config,
-                                        self.stats)
-            if miner is not None:
-                self.layer.miners[device_id] = miner
+            snapshot, applied = read_miner_row(self._stored(device_id))
+            if snapshot is not None:
+                self.layer.restore(device_id, snapshot)
             self.applied[device_id] = applied
         return applied
 
@@ -99,10 +99,11 @@ class PersonalRewrites:
         return triggers + self.layer.decide()
 
     def commit(self) -> None:
-        changed, evicted = self.layer.changes.take()
+        changed, evicted = self.layer.take_changes()
         for device_id in changed:
-            self.table[self._key(device_id)] = miner_row(self.layer.miners[device_id],
-                                                         self.applied[device_id])
+            snapshot = self.layer.snapshot(device_id)
+            assert snapshot is not None  # ChangeSet: an evicted device is only in ``evicted``
+            self.table[self._key(device_id)] = miner_row(snapshot, self.applied[device_id])
         for device_id in evicted:
             self.table.pop(self._key(device_id), None)
             self.applied.pop(device_id, None)
@@ -115,5 +116,7 @@ class PersonalRewrites:
         """The device's published rewrite (memory first, then the table; nothing is loaded)."""
         if device_id in self.layer.miners:
             return self.layer.get(utterance, device_id)
-        miner, _ = load_miner(self._stored(device_id), self.layer.config, self.stats)
-        return None if miner is None else miner.get(utterance)
+        snapshot, _ = read_miner_row(self._stored(device_id))
+        if snapshot is None:
+            return None
+        return RewriteMiner.from_dict(snapshot, self.stats, self.layer.config).get(utterance)

@@ -69,9 +69,9 @@ class RateProcessor:
 
     def commit(self) -> None:
         """Write changed estimates to the table (after the outputs were acknowledged)."""
-        dirty, removed = self.stage.take_dirty()
+        dirty, removed = self.stage.take_changes()
         for rkey in dirty:
-            value = self.stage.export_key(rkey)
+            value = self.stage.snapshot(rkey)
             self.table[rkey] = orjson.dumps({"t": value, "s": self.applied[rkey]})
         for rkey in removed:
             self.applied.pop(rkey, None)
@@ -83,7 +83,7 @@ class RateProcessor:
             applied: dict[str, list[Any]] = {}
         else:
             data = decode(blob)
-            self.stage.import_key(rkey, data["t"])
+            self.stage.restore(rkey, data["t"])
             applied = data["s"]
         self.applied[rkey] = applied
         return applied

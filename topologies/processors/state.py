@@ -10,9 +10,6 @@ from typing import Any
 import orjson
 from kafka.partitioner.default import murmur2
 
-from stream.rewrites import RewriteConfig, RewriteMiner
-from stream.stats import EngineStats
-
 
 def partition_of(key: str | bytes, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner gives ``key``: Faust, aiokafka and
@@ -134,16 +131,16 @@ def first_application(applied: dict[str, list[Any]], record: dict[str, Any],
     return True
 
 
-def load_miner(blob: bytes | None, config: RewriteConfig,
-               stats: EngineStats | None) -> tuple[RewriteMiner | None, dict[str, list[Any]]]:
-    """(miner, applied source positions) of a rewrite-miner row; (None, {}) without one."""
+def read_miner_row(blob: bytes | None) -> tuple[dict[str, Any] | None, dict[str, list[Any]]]:
+    """(miner snapshot, applied source positions) of a rewrite-miner row; (None, {}) without
+    one."""
     if blob is None:
         return None, {}
     data = decode(blob)
-    return RewriteMiner.from_dict(data["m"], stats, config), data["s"]
+    return data["m"], data["s"]
 
 
-def miner_row(miner: RewriteMiner, applied: dict[str, list[Any]]) -> bytes:
-    """A rewrite-miner row: the miner's snapshot (without its config: the settings hold it)
-    and the source positions of the chains it learned."""
-    return orjson.dumps({"m": miner.to_dict(False), "s": applied})
+def miner_row(snapshot: dict[str, Any], applied: dict[str, list[Any]]) -> bytes:
+    """A rewrite-miner row: the miner's snapshot (``to_dict(False)``: the settings hold its
+    config) and the source positions of the chains it learned."""
+    return orjson.dumps({"m": snapshot, "s": applied})
