@@ -172,36 +172,36 @@ class PairEvidence:
         return (row[1] + 2 * base) / (row[0] + 2) > base + LIFT
 
     # -- state for changelog-backed tables -------------------------------------------------------
-    def take_dirty(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    def take_changes(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """(changed rows, dropped rows) as (table, key) since the last call."""
         changed, dropped = self.changed, self.dropped
         self.changed, self.dropped = set(), set()
         return changed, dropped
 
-    def export_row(self, name: str, key: str) -> list[Any] | None:
+    def snapshot(self, name: str, key: str) -> list[Any] | None:
         table: dict[str, list[Any]] = getattr(self, name)
         return table.get(key)
 
-    def import_row(self, name: str, key: str, row: list[Any]) -> None:
+    def restore(self, name: str, key: str, row: list[Any]) -> None:
         table: dict[str, list[Any]] = getattr(self, name)
         table[key] = list(row)
 
-    def export_meta(self) -> list[int]:
+    def snapshot_meta(self) -> list[int]:
         return [self.clock, self.observed, self.failed, self.evictions]
 
-    def import_meta(self, meta: list[int]) -> None:
+    def restore_meta(self, meta: list[int]) -> None:
         self.clock, self.observed, self.failed, self.evictions = meta
 
     def to_dict(self) -> dict[str, Any]:
-        return {"meta": self.export_meta(), **{n: getattr(self, n) for n in TABLES}}
+        return {"meta": self.snapshot_meta(), **{n: getattr(self, n) for n in TABLES}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], max_pairs: int = 20_000) -> PairEvidence:
         ev = cls(max_pairs)
-        ev.import_meta(data["meta"])
+        ev.restore_meta(data["meta"])
         for name in TABLES:
             for key, row in data[name].items():
-                ev.import_row(name, key, row)
+                ev.restore(name, key, row)
         return ev
 
 

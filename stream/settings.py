@@ -85,6 +85,10 @@ class Settings:
     """Non-empty: device and event ids are replaced by keyed hashes (``stream.privacy``)."""
     min_ts: int = 946_684_800_000  # 2000-01-01
     max_ts: int = 4_102_444_800_000  # 2100-01-01
+    # --- partitioning (shared with the Kafka topology) ---
+    partitions: int = 4
+    """Input partitions: the topics' partition count, and the partitions the in-process replay
+    keeps per-partition state for (pair evidence), as a producer keying by device id would."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:

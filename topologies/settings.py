@@ -25,7 +25,6 @@ class KafkaSettings(Settings):
     """Empty means: start the embedded tansu broker."""
     input_topic: str = "interactions"
     topic_prefix: str = "feedback."
-    partitions: int = 4
     app_id: str = "feedback-stream"
     web_port: int = 6066
     web_bind: str = "127.0.0.1"

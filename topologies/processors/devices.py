@@ -85,11 +85,11 @@ class DeviceProcessor:
                     eng.devices.restore_watermark(data["watermark"])
                     self.offsets[partition] = data.get("offset", -1)
                     if "evidence" in data:
-                        evidence.import_meta(data["evidence"])
+                        evidence.restore_meta(data["evidence"])
                 elif key.startswith(EVIDENCE_PREFIX):
                     name, _, row_key = key[len(EVIDENCE_PREFIX):].rpartition("\x1e")[0] \
                         .partition(":")
-                    evidence.import_row(name, row_key, data)
+                    evidence.restore(name, row_key, data)
                 else:
                     states.append(data)
             # Least recently active first, as the running stage keeps them (idle expiry).
@@ -97,7 +97,7 @@ class DeviceProcessor:
                 eng.devices.restore(data["device_id"], data)
             self.offsets.setdefault(partition, -1)
             self.saved[partition] = (eng.devices.watermark, self.offsets[partition],
-                                     *evidence.export_meta())
+                                     *evidence.snapshot_meta())
         return eng
 
     def process(self, batch: Iterable[Message]) -> list[Output]:
@@ -139,13 +139,13 @@ class DeviceProcessor:
             for device_id in removed:
                 self.table.pop(co_partitioned(device_id, partition, n), None)
             evidence = devices.evidence.partition(partition)
-            changed, dropped = evidence.take_dirty()
+            changed, dropped = evidence.take_changes()
             for name, key in changed:
                 self.table[evidence_key(partition, n, name, key)] = orjson.dumps(
-                    evidence.export_row(name, key))
+                    evidence.snapshot(name, key))
             for name, key in dropped:
                 self.table.pop(evidence_key(partition, n, name, key), None)
-            position = (devices.watermark, self.offsets[partition], *evidence.export_meta())
+            position = (devices.watermark, self.offsets[partition], *evidence.snapshot_meta())
             if position != self.saved.get(partition):
                 # Last: on the changelog (same partition), a restored watermark and offset
                 # imply the device states (and evidence rows) written before them.
