@@ -1,4 +1,4 @@
-"""All configuration in one place: dataclasses with ``FEEDBACK_STREAM_*`` environment overrides.
+"""The core's settings: a dataclass with ``FEEDBACK_STREAM_*`` environment overrides.
 
 Every field can be overridden by an environment variable named ``FEEDBACK_STREAM_`` plus the
 field name in upper case, e.g. ``FEEDBACK_STREAM_REPHRASE_WINDOW_MS=30000``.
