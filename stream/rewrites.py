@@ -8,7 +8,10 @@ to every transition ``u_i -> u_i+1`` and one absorption count ``u_n -> outcome``
 the highest ``P(success | r)`` among those with enough support; it is published when
 
 - support(u, r) >= ``min_support``: chains in which ``u`` occurs and ``r`` occurs later,
-- ``P(success | r) >= min_p_success`` and ``P(success | r) - P(success | u) >= min_gain``.
+- ``P(success | r) >= min_p_success`` and ``P(success | r) - p_turn(u) >= min_gain``, where
+  ``p_turn(u)`` is the *turn-level* success of ``u`` itself: the share of its uses that ended
+  their chain in a success right there (not followed by a rephrase nor failing), published as
+  ``p_success_original``.
 
 Modelling choices (and their limits):
 
@@ -18,9 +21,10 @@ Modelling choices (and their limits):
   observed absorption inside it carry no information: left out, never original nor rewrite.
   ``prior`` adds pseudo-counts, half SUCCESS, half FAILURE, to each row (default 0).
 - **Persistent users**: if users of ``u`` always rephrase until they succeed, ``P(success | u)``
-  equals the rewrite's and the gain vanishes although each use of ``u`` costs a turn.
-  ``discount`` < 1 makes a success after n rephrases worth ``discount**n`` (``p_success*`` are
-  then discounted values). Default 1: the seed's plain absorption probabilities.
+  (absorption) equals the rewrite's although each use of ``u`` costs a failed turn: that is why
+  the gain is taken against ``p_turn(u)``, the defect-reduction the seed's rewrites aim at.
+  ``discount`` < 1 also makes a success after n rephrases worth ``discount**n`` in the
+  absorption probabilities (``p_success`` of the rewrite). Default 1.
 - **Small counts**: plain frequencies; with ``min_support`` 3 a rewrite lucky in its first uses
   can be published until more data withdraws it (generated population in the tests: 4 of 40
   seeds; none with ``min_support`` 5).
@@ -51,7 +55,7 @@ to build Q and R. Memory O(states + transitions + support pairs).
 ...         for i, c in enumerate(chains)]
 >>> rec = m.get("Play Harry Potter!")
 >>> rec["rewrite"], rec["p_success"], rec["p_success_original"], rec["support"]
-('play harry potter audiobook', 1.0, 0.666667, 2)
+('play harry potter audiobook', 1.0, 0.0, 2)
 >>> [o.key for batch in outs for o in batch]
 ['global:play harry potter']
 """
@@ -249,7 +253,13 @@ class RewriteMiner:
         if not solved:
             return
         cfg, p_u, current = self.config, solved.get(u), self.published.get(u)
-        support = self.states[u].support
+        st = self.states[u]
+        if p_u is not None:
+            # The phrasing's own turn-level success (its first step), not its absorption
+            # probability: users who rephrase until they succeed make a bad phrasing absorb
+            # almost as well as its rewrite, although every use of it costs a failed turn.
+            p_u = st.succ / st.observed()
+        support = st.support
         ranked = sorted((-solved[r], -c, r) for r, c in support.items()
                         if c >= cfg.min_support and r in solved)
         if p_u is not None and ranked:

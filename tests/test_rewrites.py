@@ -40,7 +40,8 @@ def feed(miner, chains: list[dict]) -> list:
 
 def test_brief_example_closed_form() -> None:
     # u1 -> u2 twice, u1 -> FAILURE once, u2 -> SUCCESS twice:
-    # P(s|u2) = 2/2 = 1; P(s|u1) = 2/3 * P(s|u2) + 1/3 * 0 = 2/3.
+    # P(s|u2) = 2/2 = 1; P(s|u1) = 2/3 * P(s|u2) + 1/3 * 0 = 2/3. The gain is taken against
+    # u1's own turn-level success: none of its 3 uses succeeded there (0).
     m = RewriteMiner(RewriteConfig(min_support=2))
     outs = feed(m, [chain(["u1", "u2"], True, 1), chain(["u1"], False, 2),
                     chain(["u1", "u2"], True, 3)])
@@ -49,7 +50,7 @@ def test_brief_example_closed_form() -> None:
     assert [(o.stream, o.key) for o in outs] == [(REWRITE_TRIGGERS, "global:u1")]
     assert outs[0].record == {
         "utterance": "u1", "rewrite": "u2", "layer": "global", "device_id": None,
-        "p_success": 1.0, "p_success_original": 0.666667, "support": 2, "ts": 3}
+        "p_success": 1.0, "p_success_original": 0.0, "support": 2, "ts": 3}
 
 
 def test_cycle_closed_form_prior_and_discount() -> None:
@@ -79,14 +80,15 @@ def test_cycle_closed_form_prior_and_discount() -> None:
     assert m.solve(["u1"]) == pytest.approx({"u1": 1 / 3, "u2": 1.0})
 
 
-def test_persistent_users_need_a_discount() -> None:
-    # Users of u always rephrase to r and then succeed: P(s|u) = P(s|r) = 1, no gain.
+def test_persistent_users_do_not_hide_a_rewrite() -> None:
+    # Users of u always rephrase to r and then succeed: P(s|u) = P(s|r) = 1 by absorption,
+    # but every use of u failed: its turn-level success is 0, the gain 1.
     chains = [chain(["u", "r"], True, i) for i in range(5)]
-    plain = RewriteMiner()
-    assert feed(plain, chains) == [] and plain.get("u") is None
-    discounted = RewriteMiner(RewriteConfig(discount=0.5))
-    feed(discounted, chains)
-    assert discounted.get("u")["rewrite"] == "r"
+    for config in (RewriteConfig(), RewriteConfig(discount=0.5)):
+        miner = RewriteMiner(config)
+        feed(miner, chains)
+        rec = miner.get("u")
+        assert rec is not None and rec["rewrite"] == "r" and rec["p_success_original"] == 0.0
 
 
 # -- a generated population with a known best rewrite ---------------------------------------------
