@@ -318,9 +318,9 @@ class Rephrase(Detector):
         if ctx.turn.stop_turn:
             return
         self._note_previous(ctx)
-        self._match_earlier(ctx)
+        self._match(ctx, later=False)
         if ctx.later is not None:
-            self._match_later(ctx)
+            self._match(ctx, later=True)
 
     def _note_previous(self, ctx: TurnContext) -> None:
         """Remember the device's previous request within the window (stop turns skipped) and
@@ -349,38 +349,24 @@ class Rephrase(Detector):
                                         failed_visibly(orig, self.settings))
         return max(p, evidence)
 
-    def _match_earlier(self, ctx: TurnContext) -> None:
-        """Link the new turn to the earlier pending turn it most likely restates."""
-        new, window = ctx.turn, self.settings.rephrase_window_ms
-        best: tuple[float, TurnState] | None = None
-        for cand in reversed(ctx.device.pending[:ctx.at]):
-            gap = new.ts - cand.ts
-            if gap > window:
+    def _match(self, ctx: TurnContext, later: bool) -> None:
+        """Link the new turn to the earlier pending turn it most likely restates, or (``later``:
+        a turn that arrived late) to the later turn that most likely restates it and is not a
+        rephrase of anything yet. Links already made are kept: records are never withdrawn."""
+        new, window, pending = ctx.turn, self.settings.rephrase_window_ms, ctx.device.pending
+        candidates = pending[ctx.at + 1:] if later else reversed(pending[:ctx.at])
+        best: tuple[float, TurnState, TurnState] | None = None
+        for cand in candidates:
+            orig, rephrase = (new, cand) if later else (cand, new)
+            if rephrase.ts - orig.ts > window:
                 break
-            if cand.stop_turn or cand.rephrased_by is not None:
+            if cand.stop_turn or (cand.rephrase_of if later else cand.rephrased_by) is not None:
                 continue
-            p = self._score(ctx, cand, new)
+            p = self._score(ctx, orig, rephrase)
             if p >= self.scorer.threshold and (best is None or p > best[0]):
-                best = (p, cand)
+                best = (p, orig, rephrase)
         if best is not None:
-            self._link(ctx, best[1], new, best[0])
-
-    def _match_later(self, ctx: TurnContext) -> None:
-        """A late new turn as the original of a later turn that arrived before it and is not
-        a rephrase of anything yet. Links already made are kept: records are never
-        withdrawn."""
-        new, window = ctx.turn, self.settings.rephrase_window_ms
-        best: tuple[float, TurnState] | None = None
-        for cand in ctx.device.pending[ctx.at + 1:]:
-            if cand.ts - new.ts > window:
-                break
-            if cand.stop_turn or cand.rephrase_of is not None:
-                continue
-            p = self._score(ctx, new, cand)
-            if p >= self.scorer.threshold and (best is None or p > best[0]):
-                best = (p, cand)
-        if best is not None:
-            self._link(ctx, new, best[1], best[0])
+            self._link(ctx, best[1], best[2], best[0])
 
     def _link(self, ctx: TurnContext, orig: TurnState, new: TurnState, score: float) -> None:
         """``new`` rephrases ``orig``: ``orig`` is defective and the chain grows. ``new`` may

@@ -16,13 +16,13 @@ reads any of it.
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
+from stream.datasets.jsonl import write_pairs
 from stream.datasets.phrasings.population import SPLITS, Goal, Phrasing, build_goals, split_of
 from stream.datasets.phrasings.sim import BASE_TS, Population, Probs
 
@@ -65,24 +65,17 @@ def expected_rewrites(pop: Population) -> dict[str, Any]:
 def write(path_events: str, path_truth: str | None, **kw: Any) -> dict[str, int]:
     """Write the stream (``"-"``: stdout) and its truth as JSONL; return counts."""
     counts: Counter[str] = Counter()
-    ev = sys.stdout.buffer if path_events == "-" else open(path_events, "wb")  # noqa: SIM115
-    tr = open(path_truth, "wb") if path_truth else None  # noqa: SIM115
-    try:
-        for line, truth in generate(**kw):
-            ev.write(line + b"\n")
-            if tr:
-                tr.write(orjson.dumps(truth) + b"\n")
-            counts["events"] += 1
-            if "behaviour" in truth:
-                counts[f"behaviour.{truth['behaviour']}"] += 1
-                counts["defective"] += truth["defective"]
-                counts["failed"] += truth["failed"]
-                counts["rephrases"] += truth["rephrase_of"] is not None
-                if truth["failure_point"]:
-                    counts[f"failure_point.{truth['failure_point']}"] += 1
-    finally:
-        if ev is not sys.stdout.buffer:
-            ev.close()
-        if tr:
-            tr.close()
+
+    def observe(truth: dict[str, Any] | None) -> None:
+        assert truth is not None  # this generator writes no malformed lines
+        counts["events"] += 1
+        if "behaviour" in truth:
+            counts[f"behaviour.{truth['behaviour']}"] += 1
+            counts["defective"] += truth["defective"]
+            counts["failed"] += truth["failed"]
+            counts["rephrases"] += truth["rephrase_of"] is not None
+            if truth["failure_point"]:
+                counts[f"failure_point.{truth['failure_point']}"] += 1
+
+    write_pairs(generate(**kw), path_events, path_truth, observe)
     return dict(sorted(counts.items()))

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from stream.datasets.jsonl import write_pairs
 from stream.datasets.synth import sim, vocab
 
 MALFORMED = ("not_json", "truncated", "array", "missing_field", "wrong_type", "unknown_type",
@@ -139,19 +140,8 @@ def summarize(truths: Iterable[dict[str, Any] | None]) -> dict[str, int]:
 def write(path_events: str, path_truth: str | None = None, **kw: Any) -> dict[str, int]:
     """Write the stream (``"-"``: stdout) and its truth as JSONL; return the summary."""
     summary = Summary()
-    ev = sys.stdout.buffer if path_events == "-" else open(path_events, "wb")  # noqa: SIM115
-    tr = open(path_truth, "wb") if path_truth else None  # noqa: SIM115
-    try:
-        for line, truth in generate(**kw):
-            ev.write(line + b"\n")
-            if tr:
-                tr.write(orjson.dumps(truth) + b"\n")
-            summary.add(truth if truth is not None else {"malformed": "?"})
-    finally:
-        if ev is not sys.stdout.buffer:
-            ev.close()
-        if tr:
-            tr.close()
+    write_pairs(generate(**kw), path_events, path_truth,
+                lambda truth: summary.add(truth if truth is not None else {"malformed": "?"}))
     return summary.result()
 
 
