@@ -140,16 +140,21 @@ def failed_visibly(turn: TurnState, settings: Settings) -> bool:
             and turn.asr_confidence < settings.low_asr_confidence))
 
 
-def barge_in_source(prev: TurnState, next_ts: int | None) -> str | None:
+def barge_in_source(prev: TurnState, next_ts: int | None,
+                    max_gap_ms: int | None = None) -> str | None:
     """``device`` when the device reported an interruption; ``timing`` when the same device's
-    next turn started before the previous response finished speaking.
+    next turn started before the previous response finished speaking (and, with
+    ``max_gap_ms``, at most that long after the previous turn: a turn may be final after
+    that, and then whether a later turn still sees it would depend on other devices' events).
 
-    >>> barge_in_source(TurnState("e", 0, "u", "u", tts_end_ts=5_000, barge_in_ts=None), 3_000)
-    'timing'
+    >>> prev = TurnState("e", 0, "u", "u", tts_end_ts=60_000, barge_in_ts=None)
+    >>> barge_in_source(prev, 3_000), barge_in_source(prev, 50_000, max_gap_ms=45_000)
+    ('timing', None)
     """
     if prev.barge_in_ts is not None:
         return "device"
-    if next_ts is not None and prev.tts_end_ts is not None and next_ts < prev.tts_end_ts:
+    if (next_ts is not None and prev.tts_end_ts is not None and next_ts < prev.tts_end_ts
+            and (max_gap_ms is None or next_ts - prev.ts <= max_gap_ms)):
         return "timing"
     return None
 
@@ -163,11 +168,13 @@ class BargeIn(Detector):
 
     def on_turn(self, ctx: TurnContext) -> None:
         prev, new, later = ctx.prev, ctx.turn, ctx.later
-        if prev is not None and prev.barge_in is None and barge_in_source(prev, new.ts):
+        window = ctx.settings.rephrase_window_ms
+        if (prev is not None and prev.barge_in is None
+                and barge_in_source(prev, new.ts, window)):
             self._record(ctx, prev, "timing")
         if new.barge_in_ts is not None:
             self._record(ctx, new, "device")
-        elif later is not None and barge_in_source(new, later.ts):
+        elif later is not None and barge_in_source(new, later.ts, window):
             self._record(ctx, new, "timing")
 
     def _record(self, ctx: TurnContext, turn: TurnState, source: str) -> None:

@@ -51,6 +51,16 @@ class Result(NamedTuple):
     outputs: list[Output]
 
 
+def end_watermark(newest_ts: int, settings: Settings) -> int:
+    """The watermark that ends a stream whose newest event has ``newest_ts``: the first one at
+    which every turn is final (a replay's end of input; ``produce --end-of-stream``).
+
+    >>> end_watermark(1_000_000, Settings(rephrase_window_ms=45_000))
+    1045001
+    """
+    return newest_ts + settings.rephrase_window_ms + 1
+
+
 class DeviceStage:
     def __init__(
         self,
@@ -74,6 +84,8 @@ class DeviceStage:
         self.watermark = 0
         """Stream watermark: turns with ts + window < watermark are final."""
         self._deadlines: list[tuple[int, str, str]] = []
+        self.newest_ts = 0
+        """Largest ts of an admitted event (for the end-of-stream watermark)."""
         self.position: tuple[int, int] | None = None
         """(input partition, offset) of the message being processed, when it came from Kafka:
         stamped as ``src`` on ``rate-updates`` and ``rephrase-chains`` so that the stages
@@ -127,18 +139,23 @@ class DeviceStage:
         st, status = self._admit(fb.device_id, fb.event_id, fb.ts)
         if status:
             return Result(status, [])
+        # Every rule below depends on the two timestamps only, never on whether the turn is
+        # still pending: when the stream watermark finalised it depends on other devices'
+        # events (per input partition in Kafka, the whole stream in a replay), and a rule
+        # that depended on it made replay and Kafka disagree on sparse streams.
         target = st.find_pending(fb.ref_event_id)
-        if target is None and fb.ts - st.recent_turns.get(
-                fb.ref_event_id, -s.teach_window_ms) > s.teach_window_ms:
-            # Unknown, or final for longer than the teach window (same rule whatever the
-            # partitioning, so replay and Kafka agree).
+        ref = (target.ts, target.utterance) if target is not None else st.recent_turns.get(
+            fb.ref_event_id)
+        if ref is None or fb.ts - ref[0] > s.teach_window_ms:
             return Result(UNKNOWN_TURN, [])
         out: list[Output] = []
-        utterance = target.utterance if target is not None else None
+        utterance = ref[1]
         ids = [fb.ref_event_id, fb.event_id]
         if fb.kind == "satisfaction" and fb.value == "negative":
-            if target is not None:
-                # Counts toward the label only while the turn is not final (documented).
+            if target is not None and fb.ts - target.ts <= s.rephrase_window_ms:
+                # Within the rephrase window the turn cannot be final yet (for events that
+                # arrive at most the allowed lateness behind the stream), so the label is
+                # the same in replay and in Kafka; later feedback only raises the moment.
                 target.add_signal(NEGATIVE_FEEDBACK)
             teachable_moment(self.stats, out, fb.device_id, NEGATIVE_FEEDBACK, ids, utterance,
                              fb.ts)
@@ -165,11 +182,13 @@ class DeviceStage:
                               self.changes.touch)
 
     def flush(self) -> list[Output]:
-        """End of stream: every pending turn becomes final."""
-        out: list[Output] = []
-        for st in list(self.devices.values()):
+        """End of stream: every pending turn becomes final, exactly as the watermark
+        ``end_watermark(newest event ts)`` makes it final (the watermark that
+        ``feedback-stream produce --end-of-stream`` sends every partition): same turns, same
+        order, so a replay and a worker fed that watermark agree."""
+        out = self.on_watermark(end_watermark(self.newest_ts, self.settings))
+        for st in list(self.devices.values()):  # none left unless a watermark event ran ahead
             self._finalize_device(st, None, out)
-        self._deadlines.clear()
         return out
 
     # -- internals -------------------------------------------------------------------------------
@@ -186,6 +205,8 @@ class DeviceStage:
             return st, "late"
         if ts > st.watermark:
             st.watermark = ts
+        if ts > self.newest_ts:
+            self.newest_ts = ts
         st.last_ts = max(st.last_ts, ts)
         self.changes.touch(device_id)
         return st, ""
@@ -232,9 +253,11 @@ class DeviceStage:
         self.changes.touch(st.device_id)
 
     def _finalize(self, st: DeviceState, turn: TurnState, out: list[Output]) -> None:
-        st.recent_turns[turn.event_id] = turn.ts
-        horizon = st.watermark - self.settings.teach_window_ms
-        for eid in [e for e, ts in st.recent_turns.items() if ts < horizon]:
+        st.recent_turns[turn.event_id] = (turn.ts, turn.utterance)
+        # Kept while feedback within the teach window of it can still be admitted.
+        s = self.settings
+        horizon = st.watermark - s.allowed_lateness_ms - s.teach_window_ms
+        for eid in [e for e, (ts, _) in st.recent_turns.items() if ts < horizon]:
             del st.recent_turns[eid]
         defective = bool(turn.signals)
         if defective:

@@ -73,8 +73,9 @@ class DeviceState:
     """Turns not yet final, in arrival order."""
     recent_ids: dict[str, None] = dataclasses.field(default_factory=dict)
     """Recently seen event ids (bounded) to drop at-least-once re-deliveries."""
-    recent_turns: dict[str, int] = dataclasses.field(default_factory=dict)
-    """Finalised turn id -> ts, kept for the teach window so late feedback can refer to it."""
+    recent_turns: dict[str, tuple[int, str | None]] = dataclasses.field(default_factory=dict)
+    """Finalised turn id -> (ts, utterance), kept for the teach window (plus the allowed
+    lateness) so later feedback can refer to it."""
     unknown_turns: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     """(ts, event_id) of unknown-intent / low-NLU-confidence turns in the teach window."""
     unknown_flagged_until: int = 0
@@ -125,7 +126,9 @@ class DeviceState:
             last_ts=data["last_ts"],
             pending=[TurnState.from_dict(t) for t in data["pending"]],
             recent_ids=dict.fromkeys(data["recent_ids"]),
-            recent_turns=dict(data["recent_turns"]),
+            # State written before turns kept their utterance held the ts alone.
+            recent_turns={k: (v, None) if isinstance(v, int) else (v[0], v[1])
+                          for k, v in data["recent_turns"].items()},
             unknown_turns=[(int(ts), str(eid)) for ts, eid in data["unknown_turns"]],
             unknown_flagged_until=data["unknown_flagged_until"],
             observations=[list(o) for o in data.get("observations", [])],

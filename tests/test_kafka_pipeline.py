@@ -51,10 +51,11 @@ def pipeline_settings(broker, label: str) -> KafkaSettings:
     return settings
 
 
-def expected_records() -> dict[str, list[dict]]:
+def expected_records(path: Path = SAMPLE) -> dict[str, list[dict]]:
+    """What the in-process replay of ``path`` publishes, per output stream."""
     eng = FeedbackEngine()
     out: dict[str, list[dict]] = {name: [] for name in OUTPUT_STREAMS}
-    with open(SAMPLE, "rb") as f:
+    with open(path, "rb") as f:
         for number, line in iter_lines(f):
             for o in eng.process(line, {"line": number}):
                 out[o.stream].append(o.record)

@@ -72,6 +72,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--key-field", default="device_id",
                    help="JSON field whose value becomes the record key (default: device_id)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--end-of-stream", action="store_true",
+                   help="the file is the whole stream: finish with a watermark past its newest "
+                        "event on every partition, so every turn becomes final (as at the end "
+                        "of a replay); leave it out when more of the stream will follow")
     p.set_defaults(func=cmd_produce)
 
 
@@ -137,7 +141,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
         stats = produce_file(
             args.file, bootstrap, topic, rate=args.rate, original_timing=args.original_timing,
             speedup=args.speedup, progress=not args.no_progress, key_field=args.key_field,
-            partitions=actual[topic], **security)
+            partitions=actual[topic], end_of_stream=args.end_of_stream, settings=settings,
+            **security)
     except (KafkaIOError, ValueError) as exc:
         _error(str(exc))
         return 1

@@ -25,6 +25,7 @@ from topologies.runner import (
     expected_counts,
     plays_counted,
     prepare_topics,
+    trigger_key,
 )
 from topologies.settings import KafkaSettings
 
@@ -121,9 +122,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             expected = expected_counts(args.file, settings)
             with WorkerProcess(settings) as worker:
                 print(f"worker started (log {worker.log_path})", file=sys.stderr)
+                # The replay it is compared with ends the stream at the end of the file.
                 stats = produce_file(args.file, bootstrap, settings.input_topic,
-                                     progress=not args.no_progress,
-                                     **security_options(settings))
+                                     progress=not args.no_progress, end_of_stream=True,
+                                     settings=settings, **security_options(settings))
                 print(f"replayed {stats.lines} events into {settings.input_topic}",
                       file=sys.stderr)
                 outputs = collect_outputs(settings, expected, timeout_s=args.timeout,
@@ -145,6 +147,9 @@ def demo_summary(outputs: dict[str, list[dict[str, Any]]], settings: KafkaSettin
             keys = {(r["key_type"], r["key"]) for r in outputs[name]}
             count = (f"estimates of {len(keys)} keys counting "
                      f"{plays_counted(outputs[name])} plays [{expected.get(name, 0)} updates]")
+        elif name == REWRITE_TRIGGERS:  # when the global layer publishes may differ
+            decided = {trigger_key(r) for r in outputs[name]}
+            count = f"deciding on {len(decided)} utterances [{expected.get(name, 0)}]"
         lines.append(f"  {settings.topic(name):<28} {len(outputs[name]):>7}  {count}")
     latest: dict[str, DefectRateTracker] = {}
     for rec in outputs[DEFECT_RATES]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from stream.devices import end_watermark
 from stream.settings import Settings
 from topologies.kafka_security import KafkaIOError, _checked, check_tls, security_kwargs
 
@@ -38,6 +39,10 @@ class ProduceStats:
     without a valid ``ts``."""
     watermarks: int = 0
     """Valid watermark lines, each sent to every partition."""
+    newest_ts: int = 0
+    """Largest valid ``ts`` of a non-watermark line."""
+    end_watermark: int | None = None
+    """With ``end_of_stream``: the ts of the closing watermark sent to every partition."""
     bytes: int = 0
     seconds: float = 0.0
 
@@ -191,6 +196,8 @@ async def produce_file_async(
     key_field: str = "device_id",
     partitions: int | None = None,
     linger_ms: int = 5,
+    end_of_stream: bool = False,
+    settings: Settings | None = None,
     **security: str,
 ) -> ProduceStats:
     """Replay a JSONL file (``"-"`` = stdin, or any iterable of lines) into ``topic``.
@@ -201,6 +208,12 @@ async def produce_file_async(
     partition, null key); ``partitions`` is their number, else the broker is asked. ``rate``
     caps events/s; ``original_timing`` sleeps by the ``ts`` (ms) gaps divided by ``speedup``.
     Sends are batched (``linger_ms``), not awaited one by one. ``security``: neutral names.
+
+    ``end_of_stream``: the input is the whole stream. After its last line every partition
+    gets the watermark that ends it (``stream.devices.end_watermark`` of the newest event ts,
+    with ``settings`` or the environment's): every turn becomes final, exactly as at the end
+    of a replay. Without it the turns of the last rephrase window (and of each partition's
+    quiet tail) stay pending until later events or a watermark arrive.
     """
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
@@ -244,17 +257,22 @@ async def produce_file_async(
                                f"first, e.g. with the produce command): {exc!r}") from exc
         pacer = _Pacer(rate, speedup if original_timing else None)
 
+        async def send_everywhere(line: bytes) -> None:
+            # Each partition's consumer must see a watermark to advance its clock.
+            for partition in all_partitions:
+                fut = await producer.send(topic, line, key=None, partition=partition)
+                fut.add_done_callback(on_done)
+            stats.messages += len(all_partitions)
+
         async def send_line(line: bytes) -> None:
             key, watermark, ts = _inspect(line, key_field)
             await pacer.wait(stats.lines, ts)
             if watermark:
-                # Each partition's consumer must see the watermark to advance its clock.
-                for partition in all_partitions:
-                    fut = await producer.send(topic, line, key=None, partition=partition)
-                    fut.add_done_callback(on_done)
+                await send_everywhere(line)
                 stats.watermarks += 1
-                stats.messages += len(all_partitions)
             else:
+                if ts is not None and _MIN_TS <= ts <= _MAX_TS and ts == int(ts):
+                    stats.newest_ts = max(stats.newest_ts, int(ts))
                 fut = await producer.send(topic, line, key=key)
                 fut.add_done_callback(on_done)
                 stats.messages += 1
@@ -271,6 +289,9 @@ async def produce_file_async(
                 bar.update(len(batch))
                 if failures:
                     break
+        if end_of_stream and stats.newest_ts and not failures:
+            stats.end_watermark = end_watermark(stats.newest_ts, settings or Settings.from_env())
+            await send_everywhere(orjson.dumps({"type": "watermark", "ts": stats.end_watermark}))
         await producer.flush()
     finally:
         bar.close()

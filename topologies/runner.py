@@ -26,6 +26,7 @@ from stream.records import (
     OUTPUT_STREAMS,
     RATE_UPDATES,
     REWRITE_TRIGGERS,
+    Output,
 )
 from stream.replay import iter_lines
 from stream.settings import ENV_PREFIX
@@ -109,14 +110,32 @@ def prepare_topics(settings: KafkaSettings) -> None:
                   **security_options(settings))
 
 
+def trigger_key(record: dict[str, Any]) -> tuple[str, str | None, str]:
+    """What a ``rewrite-triggers`` record decides about: (layer, device id, utterance)."""
+    return record["layer"], record["device_id"], record["utterance"]
+
+
 def expected_counts(path: str | Path, settings: KafkaSettings) -> Counter[str]:
-    """Records per output stream that the in-process engine makes of ``path``."""
+    """Records per output stream that the in-process engine makes of ``path``; for
+    ``rewrite-triggers`` the number of (layer, device, utterance) decided about, since the
+    global layer sees chains in another order in Kafka and may publish a rewrite at other
+    moments (and so another number of times)."""
     engine = FeedbackEngine(settings)
     counts: Counter[str] = Counter()
+    triggers: set[tuple[str, str | None, str]] = set()
+
+    def count(outputs: list[Output]) -> None:
+        for o in outputs:
+            if o.stream == REWRITE_TRIGGERS:
+                triggers.add(trigger_key(o.record))
+            else:
+                counts[o.stream] += 1
+
     with open(path, "rb") as f:
         for number, line in iter_lines(f):
-            counts.update(o.stream for o in engine.process(line, {"line": number}))
-    counts.update(o.stream for o in engine.flush())
+            count(engine.process(line, {"line": number}))
+    count(engine.flush())
+    counts[REWRITE_TRIGGERS] = len(triggers)
     return counts
 
 
@@ -127,10 +146,11 @@ def collect_outputs(settings: KafkaSettings, expected: Counter[str], timeout_s: 
     records (at-least-once delivery repeats records: counting repeats would stop early, before
     the last records arrived).
 
-    ``defect-rates`` is compacted and the worker publishes one estimate per key per batch,
-    not one per update as the in-process engine does: there the expected count (the
-    replay's records, one per update) is compared with the sum of ``plays`` over the last
-    record of each key, i.e. the topic is complete once every update is counted.
+    ``rewrite-triggers`` counts the (layer, device, utterance) decided about (see
+    ``expected_counts``). ``defect-rates`` is compacted and the worker publishes one estimate
+    per key per batch, not one per update as the in-process engine does: there the expected
+    count (the replay's records, one per update) is compared with the sum of ``plays`` over
+    the last record of each key, i.e. the topic is complete once every update is counted.
 
     Fails with the worker's log tail if the worker died or the records did not arrive in time.
     """
@@ -138,7 +158,8 @@ def collect_outputs(settings: KafkaSettings, expected: Counter[str], timeout_s: 
     results: dict[str, list[dict[str, Any]]] = {}
     for name in OUTPUT_STREAMS:
         want = expected.get(name, 0)
-        read_up_to: int | None = None if name == DEFECT_RATES else want or None
+        counted_by_key = name in (DEFECT_RATES, REWRITE_TRIGGERS)
+        read_up_to: int | None = None if counted_by_key else want or None
         while True:
             if worker is not None and not worker.alive():
                 raise PipelineError(f"worker exited with {worker.proc.returncode}:\n"
@@ -146,6 +167,8 @@ def collect_outputs(settings: KafkaSettings, expected: Counter[str], timeout_s: 
             values = read_records(settings, name, timeout_s=idle_s, expected=read_up_to)
             if name == DEFECT_RATES:
                 got = plays_counted(values)
+            elif name == REWRITE_TRIGGERS:
+                got = len({trigger_key(v) for v in values})
             else:
                 got = len({orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in values})
                 if got < len(values):

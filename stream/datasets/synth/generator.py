@@ -59,14 +59,19 @@ def default_utterances(n_events: int) -> int:
 
 def generate(n_events: int, n_devices: int, n_utterances: int | None = None, seed: int = 0,
              malformed: int = 0, final_watermark: bool = True,
-             probs: vocab.Probs | None = None) -> Iterator[tuple[bytes, dict | None]]:
+             probs: vocab.Probs | None = None, session_gap_ms: int = 2_400_000,
+             feedback_delay_ms: int = vocab.FEEDBACK_WINDOW_MS,
+             ) -> Iterator[tuple[bytes, dict | None]]:
     """(JSONL line without newline, truth) pairs: ``n_events`` turn/feedback events, then
     ``malformed`` bad lines scattered among them (truth ``{"malformed": reason}``), then one
-    watermark 10 minutes after the last event (truth ``{"watermark": ts}``)."""
+    watermark 10 minutes after the last event (truth ``{"watermark": ts}``).
+    ``session_gap_ms`` (mean idle time between a device's sessions) and
+    ``feedback_delay_ms`` (latest feedback after a response) shape sparse streams."""
     if n_devices < 1 and n_events > 0:
         raise ValueError("n_devices must be >= 1")
     n_utt = default_utterances(n_events) if n_utterances is None else n_utterances
-    simulation = sim.Simulation(n_devices, n_utt, seed, probs or vocab.Probs())
+    simulation = sim.Simulation(n_devices, n_utt, seed, probs or vocab.Probs(),
+                                session_gap_ms, feedback_delay_ms)
     mr = random.Random(seed * 1_000_003 + 1)  # own stream: bad lines do not shift good ones
     at = sorted(mr.sample(range(n_events + malformed), malformed))
     kinds = [MALFORMED[i % len(MALFORMED)] for i in range(malformed)]
@@ -156,12 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--malformed", type=int, default=0, help="bad lines scattered in the stream")
     ap.add_argument("--no-final-watermark", action="store_true")
+    ap.add_argument("--session-gap-ms", type=int, default=2_400_000,
+                    help="mean idle time between two sessions of a device (default: 40 min; "
+                         "hours make a sparse stream with long idle gaps)")
+    ap.add_argument("--feedback-delay-ms", type=int, default=vocab.FEEDBACK_WINDOW_MS,
+                    help="latest explicit feedback after the response ended (default: 30 s)")
     ap.add_argument("--out", default="-", help="events JSONL (default: stdout)")
     ap.add_argument("--truth", default=None, help="ground-truth JSONL (default: not written)")
     a = ap.parse_args(argv)
     summary = write(a.out, a.truth, n_events=a.events, n_devices=a.devices,
                     n_utterances=a.utterances, seed=a.seed, malformed=a.malformed,
-                    final_watermark=not a.no_final_watermark)
+                    final_watermark=not a.no_final_watermark,
+                    session_gap_ms=a.session_gap_ms, feedback_delay_ms=a.feedback_delay_ms)
     width = max(map(len, summary))
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}", file=sys.stderr)

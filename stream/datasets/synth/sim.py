@@ -32,8 +32,14 @@ def failure_point(fail: str | None, q: vocab.Req) -> str | None:
 class Simulation:
     """Draws sessions device by device; ``events`` merges them into one ts-ordered log."""
 
-    def __init__(self, n_devices: int, n_utterances: int, seed: int, probs: vocab.Probs) -> None:
+    def __init__(self, n_devices: int, n_utterances: int, seed: int, probs: vocab.Probs,
+                 session_gap_ms: int = 2_400_000,
+                 feedback_delay_ms: int = vocab.FEEDBACK_WINDOW_MS) -> None:
+        """``session_gap_ms``: mean idle time between two sessions of a device (exponential,
+        capped at 12 times the mean); ``feedback_delay_ms``: latest explicit feedback after
+        the response ended."""
         self.r, self.p = random.Random(seed), probs
+        self.session_gap_ms, self.feedback_delay_ms = session_gap_ms, feedback_delay_ms
         self.vocab = vocab.vocabulary()[: max(1, n_utterances)]
         total, self.cum = 0.0, []
         for rank in range(len(self.vocab)):
@@ -173,7 +179,7 @@ class Simulation:
                 self._followups(S, T)
         for T, kind, value in S.queued:  # after the episode: barge-ins may have cut tts_end_ts
             ev = {"type": "feedback", "event_id": S.dev.new_id(), "device_id": S.dev.id,
-                  "ts": T.end + r.randint(500, vocab.FEEDBACK_WINDOW_MS), "ref_event_id": T.id,
+                  "ts": T.end + r.randint(500, self.feedback_delay_ms), "ref_event_id": T.id,
                   "kind": kind, "value": value}
             S.feedback.append((ev, {"event_id": ev["event_id"], "ref_event_id": T.id,
                                     "kind": kind, "value": value}))
@@ -323,7 +329,10 @@ class Simulation:
     def _finish(S: vocab.Session) -> list[tuple[int, bytes, dict]]:
         """Serialise a session with the truth its events imply under the detector's rules."""
         rephrased = {T.rephrase_of for T in S.turns if T.rephrase_of}
-        negative = {ev["ref_event_id"] for ev, _ in S.feedback if ev["value"] == "negative"}
+        turn_ts = {T.id: T.ts for T in S.turns}
+        # The detector counts negative feedback toward the label within the rephrase window.
+        negative = {ev["ref_event_id"] for ev, _ in S.feedback if ev["value"] == "negative"
+                    and ev["ts"] - turn_ts[ev["ref_event_id"]] <= vocab.REPHRASE_WINDOW_MS}
         truths, last_of_chain = [], {}
         for i, T in enumerate(S.turns):
             nxt = S.turns[i + 1] if i + 1 < len(S.turns) else None
@@ -368,7 +377,7 @@ class Simulation:
                 heapq.heappush(pending, (ts, seq, line, truth))
                 seq += 1
             made += len(session)
-            gap = min(8 * 3_600_000, int(r.expovariate(1 / 2_400_000)))  # minutes to hours
+            gap = min(12 * self.session_gap_ms, int(r.expovariate(1 / self.session_gap_ms)))
             heapq.heappush(devices, (session[-1][0] + vocab.SESSION_GAP_MIN_MS + gap, i))
         while pending:
             ts, _, line, truth = heapq.heappop(pending)
