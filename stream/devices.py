@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from stream import records
 from stream.changes import ChangeSet
+from stream.dedupe import SeenFilter, fingerprint
 from stream.detectors import (
     DETECTORS,
     Detector,
@@ -49,6 +50,10 @@ class Result(NamedTuple):
 
     status: str
     outputs: list[Output]
+
+
+_NO_STATE = DeviceState("")
+"""Returned with ``duplicate`` for an event of a device that has no state."""
 
 
 def end_watermark(newest_ts: int, settings: Settings) -> int:
@@ -86,6 +91,10 @@ class DeviceStage:
         self._deadlines: list[tuple[int, str, str]] = []
         self.newest_ts = 0
         """Largest ts of an admitted event (for the end-of-stream watermark)."""
+        self.seen = SeenFilter(self.settings.dedupe_filter_capacity,
+                               self.settings.dedupe_filter_generations,
+                               self.settings.dedupe_filter_fp_rate)
+        """Every admitted event, beyond the devices' recent ids (see ``_admit``)."""
         self.position: tuple[int, int] | None = None
         """(input partition, offset) of the message being processed, when it came from Kafka:
         stamped as ``src`` on ``rate-updates`` and ``rephrase-chains`` so that the stages
@@ -193,16 +202,31 @@ class DeviceStage:
 
     # -- internals -------------------------------------------------------------------------------
     def _admit(self, device_id: str, event_id: str, ts: int) -> tuple[DeviceState, str]:
+        """The device's state and "" for an event to process, else ``duplicate`` or ``late``.
+
+        A re-delivery within the allowed lateness is recognised by the device's recent ids
+        (exact). An older event is looked up in the ``SeenFilter``: seen before means a
+        re-delivery (a duplicate, not ``late``); so is an old event of a device whose state
+        expired (older than the stream watermark: a new device's first event is not). Only
+        those old events are looked up, so a false positive can only turn a genuinely late
+        event into a duplicate; it never drops an event that would have been processed."""
+        s = self.settings
         st = self.devices.get(device_id)
+        fp = fingerprint(device_id, event_id)
         if st is None:
+            if ts < self.watermark and fp in self.seen:
+                return _NO_STATE, DUPLICATE  # no state: an expired device stays expired
             st = self.devices[device_id] = DeviceState(device_id, partition=self.input_partition)
             self.evidence.readmit(st)
         else:
             self.devices.move_to_end(device_id)  # most recently active last
-        if st.seen(event_id, self.settings.dedupe_capacity):
-            return st, "duplicate"
-        if st.watermark and ts < st.watermark - self.settings.allowed_lateness_ms:
-            return st, "late"
+            if event_id in st.recent_ids:
+                return st, DUPLICATE
+            if st.watermark and ts < st.watermark - s.allowed_lateness_ms:
+                return st, DUPLICATE if fp in self.seen else LATE
+        self.seen.add(fp)
+        st.remember(event_id, ts, max(st.watermark, ts) - s.allowed_lateness_ms,
+                    s.dedupe_capacity)
         if ts > st.watermark:
             st.watermark = ts
         if ts > self.newest_ts:

@@ -71,8 +71,9 @@ class DeviceState:
     last_ts: int = 0
     pending: list[TurnState] = dataclasses.field(default_factory=list)
     """Turns not yet final, in arrival order."""
-    recent_ids: dict[str, None] = dataclasses.field(default_factory=dict)
-    """Recently seen event ids (bounded) to drop at-least-once re-deliveries."""
+    recent_ids: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Event id -> ts of the events within the allowed lateness (at most the dedupe
+    capacity), to recognise re-deliveries exactly; older ones are the ``SeenFilter``'s."""
     recent_turns: dict[str, tuple[int, str | None]] = dataclasses.field(default_factory=dict)
     """Finalised turn id -> (ts, utterance), kept for the teach window (plus the allowed
     lateness) so later feedback can refer to it."""
@@ -86,15 +87,16 @@ class DeviceState:
     """Final requests waiting to join the pair evidence (``stream.pairs``): [due, previous
     request, request, intent, previous failed, fine]."""
 
-    def seen(self, event_id: str, capacity: int) -> bool:
-        """True if ``event_id`` was seen recently; otherwise remember it."""
+    def remember(self, event_id: str, ts: int, horizon: int, capacity: int) -> None:
+        """Remember ``event_id``; forget ids older than ``horizon`` (from the oldest
+        remembered on: arrival order is ts order up to the lateness) and beyond ``capacity``."""
         ids = self.recent_ids
-        if event_id in ids:
-            return True
-        ids[event_id] = None
-        if len(ids) > capacity:
-            del ids[next(iter(ids))]  # dicts keep insertion order: this is the oldest id
-        return False
+        ids[event_id] = ts
+        while ids:
+            oldest = next(iter(ids))  # dicts keep insertion order
+            if ids[oldest] >= horizon and len(ids) <= capacity:
+                break
+            del ids[oldest]
 
     def find_pending(self, event_id: str) -> TurnState | None:
         for turn in self.pending:
@@ -109,7 +111,7 @@ class DeviceState:
             "partition": self.partition,
             "last_ts": self.last_ts,
             "pending": [t.to_dict() for t in self.pending],
-            "recent_ids": list(self.recent_ids),
+            "recent_ids": self.recent_ids,
             "recent_turns": self.recent_turns,
             "unknown_turns": [list(u) for u in self.unknown_turns],
             "unknown_flagged_until": self.unknown_flagged_until,
@@ -125,7 +127,9 @@ class DeviceState:
             partition=data.get("partition", 0),
             last_ts=data["last_ts"],
             pending=[TurnState.from_dict(t) for t in data["pending"]],
-            recent_ids=dict.fromkeys(data["recent_ids"]),
+            # State written before ids kept their ts held a list of ids.
+            recent_ids=(dict.fromkeys(data["recent_ids"], data["watermark"])
+                        if isinstance(data["recent_ids"], list) else dict(data["recent_ids"])),
             # State written before turns kept their utterance held the ts alone.
             recent_turns={k: (v, None) if isinstance(v, int) else (v[0], v[1])
                           for k, v in data["recent_turns"].items()},

@@ -37,7 +37,14 @@ class Settings:
     device_idle_ms: int = 30 * 60_000
     """Session state of a device with no events for this long (event time) is dropped."""
     dedupe_capacity: int = 256
-    """Event ids remembered per device to drop at-least-once re-deliveries."""
+    """Most event ids remembered exactly per device (those within the allowed lateness)."""
+    dedupe_filter_capacity: int = 100_000
+    """Events per generation of the filter that recognises older re-deliveries."""
+    dedupe_filter_generations: int = 4
+    """Generations of that filter: it remembers the last (generations - 1) * capacity to
+    generations * capacity events (per input partition in Kafka)."""
+    dedupe_filter_fp_rate: float = 1e-4
+    """Bound on the probability that an event the filter never saw is taken as seen."""
     # --- teachable moments ---
     teach_repeat_count: int = 3
     """A device repeating/rephrasing one request this many times is a teachable moment."""

@@ -32,6 +32,22 @@ def evidence_key(partition: int, partitions: int, name: str, key: str) -> str:
     return co_partitioned(f"{EVIDENCE_PREFIX}{name}:{key}\x1e", partition, partitions)
 
 
+SEEN_PREFIX = "\x00seen:"
+"""Table keys of the rows of each input partition's seen-events filter (``stream.dedupe``)."""
+
+
+def seen_row_key(partition: int, generation: int, row: int, partitions: int) -> str:
+    """The ``device-state`` key of one row of ``partition``'s seen-events filter."""
+    return co_partitioned(f"{SEEN_PREFIX}{partition}:{generation}:{row}\x1e", partition,
+                          partitions)
+
+
+def seen_row(key: str) -> tuple[int, int]:
+    """(generation, row) of a ``seen_row_key``."""
+    _, generation, row = key[len(SEEN_PREFIX):].partition("\x1e")[0].split(":")
+    return int(generation), int(row)
+
+
 def watermark_key(partition: int, partitions: int) -> str:
     """A ``device-state`` key for ``partition``'s stream watermark and offset that the default
     partitioner puts in that same partition, so it is restored with that partition's devices
@@ -74,11 +90,14 @@ class DeviceProcessor:
             eng.devices.evidence.track = True
             evidence = eng.devices.evidence.partition(partition)
             n = self.settings.partitions
-            states = []
+            states, seen_rows = [], []
             for key, blob in list(self.table.items()):
                 if blob is None:  # a deletion (tombstone) restored from the changelog
                     continue
                 if partition_of(key, n) != partition:
+                    continue
+                if key.startswith(SEEN_PREFIX):  # raw fingerprints, not JSON
+                    seen_rows.append((*seen_row(key), blob))
                     continue
                 data = decode(blob)
                 if key.startswith(WATERMARK_PREFIX):
@@ -95,6 +114,7 @@ class DeviceProcessor:
             # Least recently active first, as the running stage keeps them (idle expiry).
             for data in sorted(states, key=lambda d: d["last_ts"]):
                 eng.devices.restore(data["device_id"], data)
+            eng.devices.seen.load_rows(seen_rows)
             self.offsets.setdefault(partition, -1)
             self.saved[partition] = (eng.devices.watermark, self.offsets[partition],
                                      *evidence.snapshot_meta())
@@ -126,13 +146,22 @@ class DeviceProcessor:
 
         Order matters when a crash lets only the first writes land: personal miners first
         (a miner ahead of its device state re-learns nothing: re-emitted chains are
-        recognised), then the devices, then each partition's watermark."""
+        recognised), then the seen-events filter (ahead of the devices it only holds events
+        the re-processed batch admits again, and it is only asked about events older than
+        their device's lateness or than the restored watermark), then the devices, then each
+        partition's watermark."""
         if self.chains is not None:
             self.chains.commit()
+        n = self.settings.partitions
         for partition, eng in self.engines.items():
             devices = eng.devices
+            rows, gone = devices.seen.take_rows()
+            for generation, row, blob in rows:
+                self.table[seen_row_key(partition, generation, row, n)] = blob
+            for generation, count in gone:
+                for row in range(count):
+                    self.table.pop(seen_row_key(partition, generation, row, n), None)
             dirty, removed = devices.take_changes()
-            n = self.settings.partitions
             for device_id in dirty:
                 self.table[co_partitioned(device_id, partition, n)] = orjson.dumps(
                     devices.snapshot(device_id))
