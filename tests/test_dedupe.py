@@ -17,6 +17,7 @@ from stream.dedupe import SeenFilter, fingerprint
 from stream.engine import FeedbackEngine
 from stream.records import DEAD_LETTER, OUTPUT_STREAMS
 from stream.settings import Settings
+from tests.test_faults import replay as replay_records
 from tests.test_processors import idle_gap_lines
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
@@ -111,16 +112,10 @@ def test_fingerprint_is_the_same_in_every_process():
     assert runs == {f"{here[0]} {here[1]}\n"}
 
 
-def replay(lines: list[bytes], settings: Settings | None = None,
-           ) -> tuple[dict[str, list[dict]], FeedbackEngine]:
-    eng = FeedbackEngine(settings)
-    out: dict[str, list[dict]] = {name: [] for name in OUTPUT_STREAMS}
-    for number, line in enumerate(lines, 1):
-        for o in eng.process(line, {"line": number}):
-            out[o.stream].append(o.record)
-    for o in eng.flush():
-        out[o.stream].append(o.record)
-    return out, eng
+def replay(lines: list[bytes]) -> tuple[dict[str, list[dict]], FeedbackEngine]:
+    """The replay's records per stream, and its engine (for the counters)."""
+    eng = FeedbackEngine()
+    return replay_records(lines, engine=eng), eng
 
 
 def without_source(records: list[dict]) -> Counter:

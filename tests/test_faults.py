@@ -48,9 +48,11 @@ def pipeline_settings(bootstrap: str, label: str, **overrides: Any) -> KafkaSett
     return settings
 
 
-def replay(lines: list[bytes], settings: KafkaSettings | None = None) -> dict[str, list[dict]]:
-    """What the in-process engine makes of ``lines`` (every line, as the producer sends it)."""
-    engine = FeedbackEngine(settings)
+def replay(lines: list[bytes], settings: KafkaSettings | None = None,
+           engine: FeedbackEngine | None = None) -> dict[str, list[dict]]:
+    """What the in-process engine (``engine``, else a new one) makes of ``lines`` (every
+    line, as the producer sends it)."""
+    engine = engine or FeedbackEngine(settings)
     out: dict[str, list[dict]] = {name: [] for name in OUTPUT_STREAMS}
     for number, line in enumerate(lines, 1):
         for o in engine.process(line, {"line": number}):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from stream.records import DEAD_LETTER, OUTPUT_STREAMS
 from stream.settings import Settings
 from tests.prom import metric_total
@@ -15,6 +17,8 @@ from tests.test_kafka_pipeline import SAMPLE, canonical, expected_records, pipel
 from tests.test_processors import idle_gap_lines
 from topologies.kafka_io import produce_file
 from topologies.runner import WorkerProcess, collect_outputs, expected_counts, read_records
+
+pytestmark = pytest.mark.kafka
 
 
 def test_sparse_stream_through_the_worker_equals_replay(broker, tmp_path: Path):
