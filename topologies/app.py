@@ -27,7 +27,8 @@ from stream.records import CHAINS, RATE_UPDATES, event_ts
 from stream.stats import EngineStats
 from stream.text import normalize
 from topologies import faust_fixes
-from topologies.kafka_io import KafkaIOError, check_tls, security_kwargs, security_options
+from topologies.faust_config import faust_config
+from topologies.kafka_io import KafkaIOError, check_tls, security_options
 from topologies.metrics import PipelineMetrics
 from topologies.processors import (
     DeviceProcessor,
@@ -44,38 +45,6 @@ log = logging.getLogger(__name__)
 settings = KafkaSettings.from_env()
 faust_fixes.install_recovery_seek_fix()
 faust_fixes.install_fetch_max_wait(settings.fetch_max_wait_ms)
-
-
-def faust_config(s: KafkaSettings) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "broker": "kafka://" + (s.bootstrap_servers or "127.0.0.1:9092"),
-        "store": "memory://",
-        "topic_partitions": s.partitions,
-        "topic_replication_factor": 1,
-        "web_port": s.web_port,
-        "web_bind": s.web_bind,
-        "web_host": s.web_bind,
-        "datadir": s.state_dir,
-        "table_standby_replicas": 0,
-        "consumer_auto_offset_reset": "earliest",
-    }
-    config.update(faust_fixes.broker_settings_for_tansu(s.session_timeout_s))
-    credentials = faust_credentials(s)
-    if credentials is not None:
-        config["broker_credentials"] = credentials
-    return config
-
-
-def faust_credentials(s: KafkaSettings) -> faust.types.auth.CredentialsT | None:
-    """SASL / TLS settings as Faust credentials (None for PLAINTEXT)."""
-    opts = security_kwargs(s, "aiokafka")
-    if not opts:
-        return None
-    if opts.get("sasl_mechanism"):
-        return faust.SASLCredentials(
-            username=opts["sasl_plain_username"], password=opts["sasl_plain_password"],
-            mechanism=opts["sasl_mechanism"], ssl_context=opts.get("ssl_context"))
-    return faust.SSLCredentials(opts["ssl_context"])
 
 
 app = faust.App(settings.app_id, **faust_config(settings))
