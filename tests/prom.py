@@ -70,7 +70,7 @@ def prometheus_scraping(target: str, tmp_path: Path, scrapes: int = 2) -> Iterat
              f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
             stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while True:
                 assert process.poll() is None, log_path.read_text()[-3000:]
                 try:
@@ -79,7 +79,7 @@ def prometheus_scraping(target: str, tmp_path: Path, scrapes: int = 2) -> Iterat
                         break
                 except OSError:
                     pass
-                assert time.monotonic() < deadline, "Prometheus did not scrape in 60 s"
+                assert time.monotonic() < deadline, "Prometheus did not scrape in 120 s"
                 time.sleep(0.25)
             yield base
         finally:

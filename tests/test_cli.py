@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -13,6 +15,7 @@ import pytest
 
 from stream.records import OUTPUT_STREAMS
 from tests.events import turn
+from tests.waits import metrics_matching, scrape, wait_until
 from topologies.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,8 +86,6 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 
 def test_replay_serves_metrics_while_running(tmp_path):
     import threading
-    import time
-    import urllib.request
 
     from topologies.broker import free_port
 
@@ -92,64 +93,85 @@ def test_replay_serves_metrics_while_running(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "topologies.cli", "replay", str(ROOT / "data" / "sample.jsonl"),
          "--out", str(tmp_path), "--no-progress", "--metrics-port", str(port),
-         "--metrics-hold", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    threading.Timer(60, proc.kill).start()
+         "--metrics-hold", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    killer = threading.Timer(600, proc.kill)  # the hold only bounds a hang; killed below
+    killer.start()
     try:
         done = re.compile(r'^feedback_stream_events_total\{outcome="ok",type="turn"\} 3610\.0$',
                           re.M)
-        text, deadline = "", time.monotonic() + 30
-        while not done.search(text) and time.monotonic() < deadline:
-            time.sleep(0.3)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    text = r.read().decode()
-            except OSError:
-                continue
-        assert done.search(text), text[-2000:]
+        text = wait_until(lambda: metrics_matching(port, done), 180,
+                          "the replay's final counters on /metrics")
         assert "feedback_stream_top_defect_rate{" in text
         assert re.search(r'^feedback_stream_dead_letters_total\{reason="invalid_json"\} '
                          r'[1-9]', text, re.M)
     finally:
+        killer.cancel()
         proc.kill()
         proc.wait()
 
 
 @pytest.mark.kafka
-def test_worker_command_serves_and_stops_cleanly_on_sigterm():
+def test_worker_command_serves_and_stops_cleanly_on_sigterm(tmp_path):
     """`feedback-stream worker` with no bootstrap servers starts the embedded broker and a
-    worker; SIGTERM (docker stop) stops both and exits 0."""
+    worker, logs to stderr (banner, Faust's log) and prints where to reach it; SIGTERM
+    (docker stop) stops both and exits 0."""
     import signal
-    import time
-    import urllib.request
 
     from topologies.broker import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "topologies.cli", "worker", "--web-port",
-                             str(port), "-l", "warn"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT)
+    err_path = tmp_path / "stderr"
+    with open(err_path, "wb") as err:  # a file, not a pipe: a full pipe would block the worker
+        proc = subprocess.Popen([sys.executable, "-m", "topologies.cli", "worker", "--web-port",
+                                 str(port)], stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
     try:
-        deadline, up = time.monotonic() + 60, False
-        while not up and time.monotonic() < deadline:
-            time.sleep(0.5)
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    up = r.status == 200
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read()
-        assert up, "worker never served /metrics"
+        def serving() -> bool:
+            assert proc.poll() is None, err_path.read_text()
+            return bool(scrape(port))
+
+        wait_until(serving, 180, "the worker to serve /metrics")
+        # Faust logs at info on our stderr; the banner says where everything is.
+        wait_until(lambda: "Worker ready" in err_path.read_text(errors="replace"), 120,
+                   "Faust's 'Worker ready' log line on stderr")
+        err = err_path.read_text(errors="replace")
+        for url in (f"http://127.0.0.1:{port}/metrics",
+                    f"http://127.0.0.1:{port}/defect-rates?utterance=",
+                    f"http://127.0.0.1:{port}/rewrites?utterance="):
+            assert url in err, err[:3000]
+        assert "log:      stderr" in err
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        err = proc.stderr.read().decode()
+        assert proc.wait(60) == 0
         child = re.search(r"worker started \(pid (\d+)", err)
         assert child, err
-        time.sleep(1)
-        with pytest.raises(ProcessLookupError):
-            os.kill(int(child.group(1)), 0)
+        wait_until(lambda: not _pid_alive(int(child.group(1))), 30, "the Faust child to exit")
     finally:
         if proc.poll() is None:
             proc.kill()
 
+
+@pytest.mark.kafka
+def test_worker_log_file_option(tmp_path):
+    """--log-file sends the worker's log there and nothing of it to stderr."""
+    import signal
+
+    from topologies.broker import free_port
+
+    port, log = free_port(), tmp_path / "worker.log"
+    err_path = tmp_path / "stderr"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "topologies.cli", "worker", "--web-port",
+                                 str(port), "--log-file", str(log)], stdout=subprocess.PIPE,
+                                stderr=err, cwd=ROOT)
+    try:
+        wait_until(lambda: log.exists() and "Worker ready" in log.read_text(errors="replace"),
+                   180, "'Worker ready' in the log file")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = err_path.read_text(errors="replace")
+    assert f"log:      {log}" in err and "Worker ready" not in err, err
 
 def test_demo_summary_counts_defect_rate_plays_not_records():
     """The worker publishes one estimate per key per batch, the replay one per update: the
@@ -190,3 +212,152 @@ def test_readme_and_docs_links_resolve():
                 anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", linked.read_text(),
                                                           re.M)}
                 assert anchor in anchors, f"{doc.name}: {target}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# --- one convention for every command (exit codes: 0 ok, 1 runtime failure, 2 usage/input) ---
+
+def _unused_port() -> int:
+    from topologies.broker import free_port
+
+    return free_port()
+
+
+def test_every_option_of_every_command_has_help():
+    from topologies.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}"
+        assert "exit codes" in command.format_help(), name
+    assert "exit codes" in parser.format_help()
+
+
+def test_produce_checks_the_file_before_connecting(tmp_path):
+    started = time.monotonic()
+    proc = cli("produce", str(tmp_path / "nope.jsonl"), "--bootstrap-servers",
+               f"127.0.0.1:{_unused_port()}", "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    assert b"cannot read input" in proc.stderr and b"nope.jsonl" in proc.stderr
+    assert b"Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert time.monotonic() - started < 60  # no connection attempt (Python start-up only)
+
+
+@pytest.mark.kafka
+def test_unreachable_broker_is_a_fast_clear_error(tmp_path):
+    """produce (and worker, demo with --bootstrap-servers) refuse in seconds with one line,
+    instead of the clients' 30 s of retries ending in "Unable to bootstrap"."""
+    bootstrap = f"127.0.0.1:{_unused_port()}"
+    # The same command failing before any connection attempt: Python and import time, which
+    # a loaded machine stretches to 20 s and more; the check itself must add seconds only.
+    started = time.monotonic()
+    assert cli("produce", str(tmp_path / "nope.jsonl"), "--bootstrap-servers",
+               bootstrap).returncode == 2
+    baseline = time.monotonic() - started
+    for args in (("produce", str(ROOT / "data" / "sample.jsonl"), "--no-progress"),
+                 ("worker",), ("demo", "--no-progress")):
+        started = time.monotonic()
+        proc = cli(*args, "--bootstrap-servers", bootstrap)
+        took = time.monotonic() - started
+        assert proc.returncode == 1, (args, proc.stderr)
+        err = proc.stderr.decode()
+        assert "cannot reach Kafka" in err and bootstrap in err, err
+        # One error line (demo first says how many of the sample's lines are dead letters).
+        assert "Traceback" not in err and err.count("error") == 1, err
+        # demo first replays the sample in-process (seconds); the clients alone took 31 s.
+        assert took < baseline + 20, (args, took, baseline)
+
+
+@pytest.mark.parametrize("args", [
+    ("replay", "data/sample.jsonl", "--top", "0"),
+    ("replay", "data/sample.jsonl", "--top", "-1"),
+    ("demo", "--top", "0"),
+    ("worker", "--partitions", "0"),
+])
+def test_count_options_must_be_positive(args, tmp_path):
+    proc = cli(*args, "--out", str(tmp_path)) if args[0] == "replay" else cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert b"is not >= 1" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_metrics_hold_without_metrics_port_is_a_usage_error(tmp_path):
+    proc = cli("replay", "data/sample.jsonl", "--out", str(tmp_path), "--metrics-hold", "5")
+    assert proc.returncode == 2
+    assert b"--metrics-hold needs --metrics-port" in proc.stderr
+    assert not list(tmp_path.iterdir())  # refused before doing anything
+
+
+def test_binary_input_is_an_input_error_and_bad_lines_are_counted(tmp_path):
+    """A file with no valid event (here: random bytes) is an input error: exit 2 with the
+    dead-letter count, outputs still written for inspection. A file with some bad lines
+    replays (exit 0) and says how many were dead-lettered."""
+    import random
+
+    blob = tmp_path / "blob.bin"
+    rng = random.Random(7)
+    blob.write_bytes(bytes(rng.randrange(256) for _ in range(20_000)))
+    proc = cli("replay", str(blob), "--out", str(tmp_path / "o1"), "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    dead = (tmp_path / "o1" / "dead-letter.jsonl").read_bytes().count(b"\n")
+    assert dead > 0
+    err = proc.stderr.decode()
+    assert f"no valid event in {blob}: all {dead} lines dead-lettered" in err, err
+
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(turn("a", 0, "play jazz") + b"\n\x00\xff\n{broken\n")
+    proc = cli("replay", str(mixed), "--out", str(tmp_path / "o2"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: 2 lines of" in proc.stderr.decode() and "dead-lettered" in \
+        proc.stderr.decode()
+
+    proc = cli("demo", "--file", str(blob), "--no-progress")  # refused before any broker
+    assert proc.returncode == 2 and b"no valid event" in proc.stderr, proc.stderr
+
+
+@pytest.mark.kafka
+def test_faust_worker_without_bootstrap_servers_is_one_clear_line():
+    env = {k: v for k, v in os.environ.items() if k != "FEEDBACK_STREAM_BOOTSTRAP_SERVERS"}
+    proc = subprocess.run([sys.executable, "-m", "faust", "-A", "topologies.app", "worker",
+                           "-l", "warn"], capture_output=True, timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode != 0
+    out = (proc.stdout + proc.stderr).decode()
+    errors = [line for line in out.splitlines() if "error" in line.lower()]
+    assert errors == [errors[0]] and "FEEDBACK_STREAM_BOOTSTRAP_SERVERS is not set" in errors[0]
+    assert "Traceback" not in out, out
+
+
+@pytest.mark.kafka
+def test_demo_removes_its_temp_files_unless_asked_to_keep_them(tmp_path):
+    """The demo's broker log, worker log and Faust state live in one temp directory, removed
+    after a successful run; --keep-logs keeps it and says where."""
+    lines = (ROOT / "data" / "sample.jsonl").read_bytes().splitlines(keepends=True)
+    small = tmp_path / "small.jsonl"
+    # The first 400 events and the sample's closing watermark, which finalises the last turns
+    # of every partition (without it Kafka would wait for more events: see the README).
+    small.write_bytes(b"".join(lines[:400]) + lines[-1])
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.run([sys.executable, "-m", "topologies.cli", "demo", "--file", str(small),
+                           "--no-progress", "--timeout", "240"], capture_output=True,
+                          timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert list(tmp.iterdir()) == [], list(tmp.iterdir())
+    proc = subprocess.run([sys.executable, "-m", "topologies.cli", "demo", "--file", str(small),
+                           "--no-progress", "--timeout", "240", "--keep-logs"],
+                          capture_output=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    (kept,) = tmp.iterdir()
+    assert f"logs and state kept in {kept}" in proc.stderr.decode()
+    assert {p.name for p in kept.iterdir()} >= {"broker.log", "worker.log", "state"}

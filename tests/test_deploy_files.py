@@ -81,8 +81,8 @@ def exercised_metrics() -> PipelineMetrics:
     stats.evictions["device"] = 1
     m.sync_stats(stats)
     m.observe_batch(3, 0.001)
-    m.observe_emit_latency(int(time.time() * 1000) - 50, time.time())
-    m.observe_emit_latencies([int(time.time() * 1000) - 500], time.time())
+    m.observe_processing_latency([time.monotonic() - 0.05], time.monotonic())
+    m.observe_event_time_lag([1_717_200_000_000], 1_717_200_045_000)
     m.set_lag("interactions", 0, 7)
     m.set_watermark_delay(1.5)
     m.set_state_sizes(2, {"utterance": 3, "intent": 1}, 4)

@@ -96,6 +96,56 @@ def check_final_rates(got: list[dict], expected: list[dict]) -> None:
         f"got/expected {dict(list({**lost, **double, **other}.items())[:4])}")
 
 
+class GatedProducer:
+    """Produces ``lines`` in parts (cut at the fractions ``cuts``) at ``rate`` events/s; each
+    part after the first waits for :meth:`release`. The faults thus land mid-stream however
+    slow the machine is (a producer racing the worker at a fixed rate finished first under
+    load)."""
+
+    def __init__(self, lines: list[bytes], bootstrap: str, topic: str, rate: float,
+                 cuts: tuple[float, ...] = (0.6,)) -> None:
+        bounds = [0, *(int(len(lines) * c) for c in cuts), len(lines)]
+        self.parts = [lines[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        self.bootstrap, self.topic, self.rate = bootstrap, topic, rate
+        self.gates = [threading.Event() for _ in cuts]
+        self.lines = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for i, part in enumerate(self.parts):
+                if i and not self.gates[i - 1].wait(600):
+                    raise TimeoutError("the test never released the rest of the stream")
+                self.lines += produce_file(part, self.bootstrap, self.topic, rate=self.rate,
+                                           progress=False).lines
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+
+    def start(self) -> GatedProducer:
+        self.thread.start()
+        return self
+
+    @property
+    def held_back(self) -> bool:
+        """Part of the stream is still waiting for a release."""
+        return not self.gates[-1].is_set()
+
+    def release(self) -> None:
+        """Let the next part go."""
+        next(g for g in self.gates if not g.is_set()).set()
+
+    def finish(self) -> int:
+        """Release every part, wait for them; the number of lines sent."""
+        for gate in self.gates:
+            gate.set()
+        self.thread.join(300)
+        assert self.error is None, self.error
+        assert not self.thread.is_alive(), "the producer did not finish in 300 s"
+        return self.lines
+
+
+
 # ------------------------------------------------------------------------------------------------
 # (a) SIGKILL mid-stream
 # ------------------------------------------------------------------------------------------------
@@ -108,8 +158,8 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
     expected signal record must be there (at-least-once: repeats are counted, printed and
     recorded as a test property), nothing unexpected.
 
-    The sample arrives at 200 events/s; the kill comes once the published defect-rate
-    estimates count 1,000 plays.
+    The first 60% of the sample arrives at 200 events/s; the kill comes once the published
+    defect-rate estimates count 1,000 plays; the rest follows after the kill.
 
     History: this failed in about 1 run of 7 with keys double-counted (e.g. 68 keys too
     high): the kill lands between a batch's published outputs and its state writes (which
@@ -134,33 +184,21 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
     expected_records = replay(lines)
     expected_n = Counter({name: len(recs) for name, recs in expected_records.items()})
 
-    produced: dict[str, Any] = {}
-
-    def produce() -> None:
-        try:
-            produced["stats"] = produce_file(lines, broker.bootstrap, settings.input_topic,
-                                             rate=200, progress=False)
-        except BaseException as exc:  # reported by the main thread
-            produced["error"] = exc
-
     first = WorkerProcess(settings, log_path=tmp_path / "first.log", loglevel="info").start()
-    deadline = time.monotonic() + 60
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
+    producer = GatedProducer(lines, broker.bootstrap, settings.input_topic, rate=200).start()
+    deadline = time.monotonic() + 180
     seen = 0
     while seen < 1_000 and time.monotonic() < deadline:
         assert first.alive(), first.log_tail()
         seen = plays_so_far(settings)
     assert seen >= 1_000, f"only {seen} plays counted before the kill"
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-    mid_stream = producer.is_alive()
+    mid_stream = producer.held_back
     second = WorkerProcess(dataclasses.replace(settings, web_port=free_port()),
                            log_path=tmp_path / "second.log", loglevel="info").start()
     try:
-        producer.join(60)
-        assert "error" not in produced, produced.get("error")
-        assert produced["stats"].lines == len(lines)
-        outputs = collect_outputs(settings, expected_n, timeout_s=60, worker=second)
+        assert producer.finish() == len(lines)
+        outputs = collect_outputs(settings, expected_n, timeout_s=240, worker=second)
         assert second.alive(), second.log_tail()
     finally:
         second.stop()
@@ -206,7 +244,14 @@ def test_rebalances_mid_stream_lose_and_double_count_nothing(broker, tmp_path, r
     so changelog records sat in other partitions than their input records, and a worker
     taking over input partition p restored the state of other keys than p's (it then started
     those keys from zero, from the committed offsets). Tables now have raw keys
-    (``processors.RawKeyTable``); ``check_tables_copartitioned`` checks the changelogs."""
+    (``processors.RawKeyTable``); ``check_tables_copartitioned`` checks the changelogs.
+
+    Open (2026-12-02, not diagnosed): with the stream held back in parts so that the second
+    worker surely joins and leaves mid-stream, and condition waits instead of the fixed 9 s,
+    signal records went missing in 4 runs of 8 (e.g. 3 or 23 of 304 barge-ins, one turn's
+    plays), with and without the commit-path offset check; the fixed-rate form here passes
+    when the second worker joins in time and fails ("never got partitions") on a loaded
+    machine where it does not."""
     lines = SAMPLE.read_bytes().splitlines()
     settings = pipeline_settings(broker.bootstrap, "rebalance")
     expected_records = replay(lines)
@@ -263,6 +308,12 @@ def test_broker_restart_is_not_silent(tmp_path):
     - if nobody re-creates the internal/output topics it hangs instead, logging
       "OffsetCommit failed ... UnknownTopicOrPartitionError" forever and processing nothing.
 
+    - with a check at partition assignment, under CPU load (full suite, or 2-3 busy
+      processes beside it) Faust's commit timer wrote the old positions to the restarted
+      broker before the check read the group's offsets: no CRITICAL line and 1,125 of 2,029
+      records accounted for. The check now sits in the commit path
+      (topologies/faust_fixes/broker_offsets).
+
     Nothing survives a restart of this broker (README), so the one reliable behaviour is to
     stop: the worker must exit non-zero with an error in its log (a supervisor then starts it
     fresh), or - if it can really recover - account for every record produced after the
@@ -292,7 +343,9 @@ def test_broker_restart_is_not_silent(tmp_path):
         before = consumed(settings)
         second = produce_file(lines[2000:], own.bootstrap, settings.input_topic,
                               progress=False)
-        deadline = time.monotonic() + 20
+        # Either outcome takes a commit interval or two after the records are read; the limit
+        # only bounds a hang (a loaded machine took 10-20 s).
+        deadline = time.monotonic() + 120
         while worker.alive() and time.monotonic() < deadline:
             if (consumed(settings) or 0) - (before or 0) == second.messages:
                 break
@@ -301,11 +354,13 @@ def test_broker_restart_is_not_silent(tmp_path):
             got = (consumed(settings) or 0) - (before or 0)
             assert got == second.messages, (
                 f"after the broker restart the worker is alive but accounted for {got:.0f} of "
-                f"{second.messages} new input records within 20 s; log tail:\n"
+                f"{second.messages} new input records within 120 s; log tail:\n"
                 f"{worker.log_tail(8)}")
         else:
             assert worker.proc.returncode != 0
-            assert re.search(r"\[(ERROR|CRITICAL)\]", worker.log_tail(60)), worker.log_tail()
+            log = (tmp_path / "worker.log").read_text(errors="replace")
+            assert re.search(r"\[CRITICAL\] the broker lost this group's committed offsets",
+                             log), worker.log_tail()
     finally:
         if worker is not None:
             worker.stop(timeout_s=10)
@@ -352,7 +407,7 @@ def test_missing_output_topic_and_undeliverable_dead_letter(broker):
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     try:
         admin.delete_topics([settings.topic("defects")], timeout_ms=10_000)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while settings.topic("defects") in admin.list_topics() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert settings.topic("defects") not in admin.list_topics()
@@ -368,7 +423,7 @@ def test_missing_output_topic_and_undeliverable_dead_letter(broker):
         assert canonical(outputs)["defects"] == canonical(expected_records)["defects"]
         text = metrics(settings)
         assert metric_total(text, "feedback_stream_producer_errors_total") == 0
-        deadline = time.monotonic() + 15  # Faust commits every few seconds
+        deadline = time.monotonic() + 60  # Faust commits every few seconds
         while sum(committed_offsets(settings).values()) < first.messages:
             assert time.monotonic() < deadline, committed_offsets(settings)
             time.sleep(1)
@@ -377,7 +432,7 @@ def test_missing_output_topic_and_undeliverable_dead_letter(broker):
         assert len(poison) < settings.max_message_bytes
         after = b'{"type":"watermark","ts":1717300000000}'
         produce_file([poison, after], broker.bootstrap, settings.input_topic, progress=False)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         dead: list[dict] = []
         while worker.alive() and time.monotonic() < deadline and not dead:
             dead = [orjson.loads(r.value) for r in read_topic(

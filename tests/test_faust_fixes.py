@@ -144,7 +144,7 @@ def run_workers(cfg: dict[str, Any], tmp: Path, run: str, lines: list[str], echo
     first = Worker(cfg, tmp, f"{run}-a")
     try:
         produce_file(lines[:20], bootstrap, cfg["input"], progress=False)
-        measured["a_first_event_s"] = wait_for(lambda: echo.poll() >= 20, 60,
+        measured["a_first_event_s"] = wait_for(lambda: echo.poll() >= 20, 120,
                                                "the first worker's first events", first)
         # A steady stream, so the kill lands mid-stream with records still unprocessed.
         feed_errors: list[BaseException] = []
@@ -157,7 +157,7 @@ def run_workers(cfg: dict[str, Any], tmp: Path, run: str, lines: list[str], echo
 
         feeder = threading.Thread(target=feed, name="feeder")
         feeder.start()
-        wait_for(lambda: echo.poll() >= TOTAL // 2, 60, "half the events", first)
+        wait_for(lambda: echo.poll() >= TOTAL // 2, 120, "half the events", first)
         began = time.monotonic()
         measured["a_exit"] = first.stop()
         measured["a_stop_s"] = time.monotonic() - began
@@ -181,9 +181,9 @@ def run_workers(cfg: dict[str, Any], tmp: Path, run: str, lines: list[str], echo
                 progress.update(seen=seen, changed=now)
             if len({orjson.loads(v)["seq"] for v in echo.values}) >= TOTAL:
                 return True
-            return seen > before and now - progress["changed"] > 10
+            return seen > before and now - progress["changed"] > 30
 
-        measured["b_all_events_s"] = wait_for(all_echoed_or_stalled, 90,
+        measured["b_all_events_s"] = wait_for(all_echoed_or_stalled, 180,
                                               "the second worker's events", second)
         echo.poll(1_500)  # room for duplicates to show up
         measured["b_exit"] = second.stop()

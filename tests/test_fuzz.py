@@ -16,8 +16,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -35,6 +33,7 @@ from stream.schema import REASONS, _text_depth
 from stream.settings import Settings
 from tests.prom import metric_total
 from tests.test_kafka_pipeline import canonical
+from tests.waits import scrape, wait_until
 from topologies.kafka_io import produce_file, read_topic
 from topologies.runner import WorkerProcess, collect_outputs, demo_settings, prepare_topics
 
@@ -494,9 +493,15 @@ def test_mixed_stream_through_a_faust_worker(broker, mixed):
         assert produced.lines == len(lines)
         assert produced.watermarks == 1  # the final one; the corpus' invalid ones go once
         outputs = collect_outputs(s, expected_n, timeout_s=150, worker=worker)
-        time.sleep(5.5)  # one gauge refresh; counters are synced after every batch anyway
-        with urllib.request.urlopen(f"http://127.0.0.1:{s.web_port}/metrics", timeout=10) as r:
-            metrics = r.read().decode()
+        # Counters are synced after every batch, so they reach the total right after the
+        # last batch's outputs (which collect_outputs has seen).
+        def all_counted() -> str:
+            text = scrape(s.web_port)
+            done = sum(metric_total(text, "feedback_stream_events_total", outcome=o)
+                       for o in ("ok", "duplicate", "dead_letter")) >= messages
+            return text if done else ""
+
+        metrics = wait_until(all_counted, 60, "the worker's counters", worker)
         assert worker.alive(), worker.log_tail()
     # Good lines -> the same records as in-process (order-insensitive, compared the way the
     # pipeline tests do), bad lines -> the same dead letters (raw, reason, error, type, device).

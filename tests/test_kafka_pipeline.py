@@ -25,6 +25,7 @@ import pytest
 from stream.engine import FeedbackEngine
 from stream.records import DEFECT_RATES, OUTPUT_STREAMS, REWRITE_TRIGGERS
 from stream.replay import iter_lines
+from tests.waits import last_assignment, metrics_matching, wait_until
 from topologies import runner
 from topologies.broker import free_port
 from topologies.kafka_io import produce_file, read_topic
@@ -212,11 +213,13 @@ def test_two_workers_in_one_group_equal_one(broker, expected, expected_n):
     other = dataclasses.replace(settings, web_port=free_port())
     with WorkerProcess(settings, loglevel="info") as w1, \
             WorkerProcess(other, loglevel="info") as w2:
-        time.sleep(8)  # both joined before data arrives, so both get partitions
+        # Both joined before data arrives, so both get partitions.
+        wait_until(lambda: all(last_assignment(w) for w in (w1, w2)), 120,
+                   "both workers to get input partitions", w1)
         produce_file(SAMPLE, broker.bootstrap, settings.input_topic, progress=False)
         outputs = collect_outputs(settings, expected_n, timeout_s=150, worker=w1)
         assert w2.alive(), w2.log_tail()
-        shares = [_last_assignment(w) for w in (w1, w2)]
+        shares = [last_assignment(w) for w in (w1, w2)]
     assert all(shares), f"one worker got no input partition: {shares}"
     assert sorted(shares[0] + shares[1]) == list(range(settings.partitions))
     got = canonical(outputs)
@@ -258,13 +261,6 @@ def test_collect_outputs_counts_distinct_records(monkeypatch):
     assert calls == [2, None]  # after repeats: read until quiet, not up to a count
 
 
-def _last_assignment(worker: WorkerProcess) -> list[int]:
-    found = re.findall(r"assigned input partitions: \[([\d, ]*)\]",
-                       worker.log_path.read_text(errors="replace"))
-    assert found, worker.log_tail()
-    return [int(p) for p in found[-1].split(",") if p.strip()]
-
-
 def _get(settings: KafkaSettings, path: str) -> tuple[int, bytes, str]:
     url = f"http://127.0.0.1:{settings.web_port}{path}"
     try:
@@ -300,8 +296,12 @@ def check_web_views(settings: KafkaSettings, outputs: dict[str, list[dict]]) -> 
         assert orjson.loads(body)["rewrite"] == rec["rewrite"]
     status, body, _ = _get(settings, "/rewrites?utterance=hello%20there")
     assert status == 404 and "no rewrite" in orjson.loads(body)["error"]
+    status, body, _ = _get(settings, "/defect-rates?key_type=bogus&key=x")  # a bad request,
+    assert status == 400 and "unknown key_type" in orjson.loads(body)["error"]  # not a miss
 
-    time.sleep(5.5)  # one gauge refresh (every 5 s)
+    # The top-K gauge is refreshed every 5 s: wait for the first refresh after the outputs.
+    top = re.compile(r'^feedback_stream_top_defect_rate\{rank="1",utterance="[^"]+"\} 0\.9', re.M)
+    wait_until(lambda: metrics_matching(settings.web_port, top), 60, "the top-K gauge")
     status, body, ctype = _get(settings, "/metrics")
     assert status == 200 and ctype.startswith("text/plain")
     text = body.decode()
@@ -314,7 +314,6 @@ def check_web_views(settings: KafkaSettings, outputs: dict[str, list[dict]]) -> 
     assert ok == lines - len(outputs["dead-letter"]) + settings.partitions - 1
     assert re.search(r'^feedback_stream_signals_total\{kind="defect"\} ' +
                      f"{len(outputs['defects'])}.0$", text, re.M)
-    assert re.search(r'^feedback_stream_top_defect_rate\{rank="1",utterance="[^"]+"\} 0\.9',
-                     text, re.M)
+    assert top.search(text)
     lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry
 from stream.stats import EngineStats
 from topologies.metrics import (
     DEAD_LETTER_REASONS,
-    LATENCY_BUCKETS,
+    EVENT_TIME_LAG_BUCKETS,
     OTHER,
+    PROCESSING_LATENCY_BUCKETS,
     PipelineMetrics,
     render,
 )
@@ -154,22 +155,32 @@ def test_top_k_truncates_long_utterances(metrics: PipelineMetrics) -> None:
     assert len(labels["utterance"]) <= 120
 
 
-def test_emit_latency_buckets(metrics: PipelineMetrics) -> None:
-    name = "feedback_stream_event_to_emit_latency_seconds"
-    now = 1_700_000_100.0
-    metrics.observe_emit_latency(1_700_000_099_990, now)  # 10 ms
-    metrics.observe_emit_latencies([1_700_000_099_000, 1_700_000_040_000], now)  # 1 s, 60 s
-    metrics.observe_emit_latency(1_700_000_200_000, now)  # device clock ahead: clamped to 0
+def test_processing_latency_is_wall_clock_from_receipt(metrics: PipelineMetrics) -> None:
+    name = "feedback_stream_processing_latency_seconds"
+    now = 5_000.0  # monotonic clock: no relation to event time at all
+    metrics.observe_processing_latency([now - 0.004, now - 0.04, now - 0.04, now - 2.0], now)
+    metrics.observe_processing_latency([now + 1.0], now)  # clock skew between threads: 0
+    assert value(metrics, name + "_count") == 5
+    assert value(metrics, name + "_sum") == pytest.approx(2.084)
+    assert value(metrics, name + "_bucket", le="0.005") == 2  # bounds are inclusive (le)
+    assert value(metrics, name + "_bucket", le="0.05") == 4
+    assert value(metrics, name + "_bucket", le="2.5") == 5
+    assert len(series(metrics, name + "_bucket")) == len(PROCESSING_LATENCY_BUCKETS) + 1
 
+
+def test_event_time_lag_ignores_the_wall_clock(metrics: PipelineMetrics) -> None:
+    """A stream recorded in 2024 and replayed today: lags are event-time differences, so they
+    land in finite buckets (the old wall-clock-minus-event-time histogram had every
+    observation of a recorded stream in +Inf)."""
+    name = "feedback_stream_event_time_lag_seconds"
+    head = 1_717_200_000_000  # 2024-06-01
+    metrics.observe_event_time_lag([head, head - 45_000, head - 105_000, head + 3_000], head)
     assert value(metrics, name + "_count") == 4
-    assert value(metrics, name + "_sum") == pytest.approx(61.01, abs=1e-3)
-    assert value(metrics, name + "_bucket", le="0.001") == 1  # the clamped one
-    assert value(metrics, name + "_bucket", le="0.01") == 2  # bounds are inclusive (le)
-    assert value(metrics, name + "_bucket", le="1.0") == 3
-    assert value(metrics, name + "_bucket", le="30.0") == 3
-    assert value(metrics, name + "_bucket", le="60.0") == 4
-    assert value(metrics, name + "_bucket", le="+Inf") == 4
-    assert len(series(metrics, name + "_bucket")) == len(LATENCY_BUCKETS) + 1
+    assert value(metrics, name + "_sum") == pytest.approx(150.0)
+    assert value(metrics, name + "_bucket", le="0.1") == 2  # at the head, and ahead of it
+    assert value(metrics, name + "_bucket", le="45.0") == 3
+    assert value(metrics, name + "_bucket", le="120.0") == 4
+    assert len(series(metrics, name + "_bucket")) == len(EVENT_TIME_LAG_BUCKETS) + 1
 
 
 def test_batch_processing_is_weighted_by_batch_size(metrics: PipelineMetrics) -> None:
@@ -217,7 +228,8 @@ def exercise(m: PipelineMetrics) -> None:
     stats.evictions["device"] = 1
     m.sync_stats(stats)
     m.observe_batch(3, 0.0003)
-    m.observe_emit_latency(1_000, 2.0)
+    m.observe_processing_latency([1.0], 2.0)
+    m.observe_event_time_lag([1_000], 61_000)
     m.set_lag("interactions", 0, 1)
     m.set_watermark_delay(0.5)
     m.set_state_sizes(1, {"utterance": 1}, 2)

@@ -23,12 +23,12 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from stream.records import CHAINS, RATE_UPDATES, event_ts
+from stream.records import CHAINS, KEY_TYPES, RATE_UPDATES, Output, event_ts
 from stream.stats import EngineStats
 from stream.text import normalize
 from topologies import faust_fixes
 from topologies.faust_config import faust_config
-from topologies.kafka_io import KafkaIOError, check_tls, security_options
+from topologies.kafka_io import KafkaIOError, check_reachable, check_tls, security_options
 from topologies.metrics import PipelineMetrics
 from topologies.processors import (
     DeviceProcessor,
@@ -51,9 +51,14 @@ app = faust.App(settings.app_id, **faust_config(settings))
 
 
 @app.on_worker_init.connect
-def _check_tls(sender: Any, **kwargs: Any) -> None:
+def _check_broker(sender: Any, **kwargs: Any) -> None:
     # Before any client starts: Faust would retry, then die with a traceback that hides why.
+    if not settings.bootstrap_servers:
+        raise SystemExit("feedback-stream worker: error: FEEDBACK_STREAM_BOOTSTRAP_SERVERS is "
+                         "not set (HOST:PORT of a Kafka); `feedback-stream worker` starts an "
+                         "embedded broker when it is empty")
     try:
+        check_reachable(settings.bootstrap_servers)
         check_tls(settings.bootstrap_servers, **security_options(settings))
     except KafkaIOError as exc:
         raise SystemExit(f"feedback-stream worker: error: {exc}") from None
@@ -89,6 +94,7 @@ def _messages(events: list[faust.EventT]) -> list[Message]:
 
 
 metrics = PipelineMetrics(top_k=settings.top_k)
+faust_fixes.install_backpressure_metrics(metrics.changelog_backpressure)
 publisher = OutputPublisher(settings, settings.topic, on_error=metrics.producer_error,
                             on_retry=metrics.producer_retry)
 
@@ -96,6 +102,22 @@ publisher = OutputPublisher(settings, settings.topic, on_error=metrics.producer_
 _in_flight: dict[int, asyncio.Lock] = {}
 """Per processor, held from a batch's processing to its state writes: a rebalance waits for
 them before the processors drop their in-memory state (the batch's changes until commit)."""
+
+
+def observe_latencies(processor: BatchProcessor, batch: list[faust.EventT],
+                      outputs: list[Output]) -> None:
+    """Processing latency per input record (received -> outputs acknowledged, wall clock) and,
+    for stage 1, event-time lag per signal record (see ``topologies.metrics``)."""
+    now = time.monotonic()
+    # Faust's Monitor stamps each message with time.monotonic() when the consumer receives it.
+    metrics.observe_processing_latency(
+        (e.message.time_in if e.message.time_in is not None else now for e in batch), now)
+    if processor is devices and devices.watermark():
+        # The stream watermark trails the newest event time by the allowed lateness.
+        head = devices.watermark() + settings.allowed_lateness_ms
+        metrics.observe_event_time_lag(
+            (ts for o in outputs if o.stream not in (RATE_UPDATES, CHAINS)
+             and (ts := event_ts(o)) is not None), head)
 
 
 async def _run(stream: faust.StreamT, processor: BatchProcessor) -> None:
@@ -111,9 +133,7 @@ async def _run(stream: faust.StreamT, processor: BatchProcessor) -> None:
                 # that loses records (see docs/operations.md, "Guarantees in detail").
                 processor.commit()
             metrics.observe_batch(len(batch), time.perf_counter() - started)
-            metrics.observe_emit_latencies(
-                (ts for o in outputs if o.stream != RATE_UPDATES
-                 and (ts := event_ts(o)) is not None), time.time())
+            observe_latencies(processor, batch, outputs)
             metrics.sync_stats(stats)
     except asyncio.CancelledError:
         raise
@@ -144,6 +164,7 @@ async def mine(stream: faust.StreamT) -> None:
 @app.task
 async def _after_startup() -> None:
     # A task, not app.on_startup_finished: Faust's Worker takes that slot for itself.
+    faust_fixes.install_offset_guard(app, settings.input_topic)  # before the first commit
     await faust_fixes.stop_debug_logging_after_startup()
     gc.freeze()  # Faust's, aiokafka's and our start-up objects out of every full collection
 
@@ -157,9 +178,6 @@ async def _on_shutdown(sender: Any, **kwargs: Any) -> None:
 async def _on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
     mine = sorted(tp.partition for tp in assigned if tp.topic == settings.input_topic)
     log.info("assigned input partitions: %s", mine)
-
-
-faust_fixes.BrokerOffsetCheck(app, settings).install()
 
 
 @app.on_partitions_revoked.connect
@@ -208,6 +226,9 @@ async def defect_rate_view(web: Any, request: Any) -> Any:
     if not key:
         return web.json({"error": "query parameter 'utterance' (or key_type + key) required"},
                         status=400)
+    if key_type not in KEY_TYPES:
+        return web.json({"error": f"unknown key_type {key_type!r}; one of "
+                                  f"{', '.join(KEY_TYPES)}"}, status=400)
     if key_type == "utterance":
         key = normalize(key)
     record = rates.lookup(key_type, key)

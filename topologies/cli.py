@@ -8,9 +8,10 @@ import sys
 import time
 
 from stream.engine import FeedbackEngine
+from topologies.cli_common import EXIT_CODES, dead_letter_report, positive_int
 from topologies.settings import KafkaSettings
 
-SETTINGS_HELP = "settings (environment variables, default):\n" + "\n".join(
+SETTINGS_HELP = EXIT_CODES + "\n\nsettings (environment variables, default):\n" + "\n".join(
     f"  {name:<42} {default!r}" for name, _, default in KafkaSettings.describe()
 )
 
@@ -18,6 +19,13 @@ SETTINGS_HELP = "settings (environment variables, default):\n" + "\n".join(
 def _replay(args: argparse.Namespace) -> int:
     from stream.replay import ReplayError, replay, summary
 
+    if args.metrics_port is None and args.metrics_hold:
+        print("feedback-stream replay: error: --metrics-hold needs --metrics-port",
+              file=sys.stderr)
+        return 2
+    if args.metrics_hold < 0:
+        print("feedback-stream replay: error: --metrics-hold must be >= 0", file=sys.stderr)
+        return 2
     settings = KafkaSettings.from_env()
     on_progress, server = None, None
     if args.metrics_port is not None:
@@ -46,6 +54,12 @@ def _replay(args: argparse.Namespace) -> int:
                                 on_progress=on_progress)
         print(summary(engine, counts, top=args.top))
         print(f"outputs written to {args.out}/")
+        code, report = dead_letter_report(engine, args.file)
+        if report:
+            print(f"feedback-stream replay: {report}; see {args.out}/dead-letter.jsonl",
+                  file=sys.stderr)
+        if code:
+            return code
         if server is not None and args.metrics_hold > 0:
             print(f"serving final metrics for {args.metrics_hold:.0f} s", file=sys.stderr)
             time.sleep(args.metrics_hold)
@@ -71,13 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="run the engine in-process over a recorded JSONL stream (no broker)",
         description="Replay a recorded stream (one JSON event per line) through the engine and "
         "write one JSONL file per output stream into --out. Malformed lines go to "
-        "dead-letter.jsonl with a reason; the exit code is 0 unless the input cannot be read or "
-        "the output directory cannot be written.",
+        "dead-letter.jsonl with a reason and a warning on stderr counts them; an input with no "
+        "valid event at all is an input error (exit 2).",
         epilog=SETTINGS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rp.add_argument("file", help="JSONL input file, or - for standard input")
     rp.add_argument("--out", default="out", help="output directory (default: out)")
-    rp.add_argument("--top", type=int, default=10, help="defective utterances to list")
+    rp.add_argument("--top", type=positive_int, default=10, metavar="N",
+                    help="defective utterances to list (default: 10)")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     rp.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                     help="serve Prometheus metrics on this port while replaying (0: any free "

@@ -1,7 +1,8 @@
 """CLI subcommands ``broker`` and ``produce``; the main CLI calls :func:`register`.
 
-Each handler takes the parsed ``argparse.Namespace`` and returns a process exit code:
-0 success, 1 runtime failure (message on stderr), 2 bad usage, 130 interrupted.
+Each handler takes the parsed ``argparse.Namespace`` and returns a process exit code
+(``topologies.cli.EXIT_CODES``): 0 success, 1 runtime failure (message on stderr), 2 usage or
+input error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,10 +11,18 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from topologies.broker import BrokerError, EmbeddedBroker
-from topologies.kafka_io import KafkaIOError, create_topics, produce_file, security_options
+from topologies.cli_common import EXIT_CODES
+from topologies.kafka_io import (
+    KafkaIOError,
+    check_reachable,
+    create_topics,
+    produce_file,
+    security_options,
+)
 from topologies.settings import KafkaSettings
 
 BROKER_HELP = """\
@@ -42,7 +51,8 @@ def register(subparsers: Any) -> None:
     defaults = KafkaSettings()
     p = subparsers.add_parser(
         "broker", help="run the embedded Kafka-protocol broker (tansu) until Ctrl-C",
-        description=BROKER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=BROKER_HELP, epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=None,
                    help="TCP port on 127.0.0.1 (default: a free port)")
     p.add_argument("--log-file", default=None,
@@ -51,7 +61,8 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "produce", help="replay a JSONL file into a Kafka topic",
-        description=PRODUCE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=PRODUCE_HELP, epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE.jsonl",
                    help='events, one JSON object per line; "-" = stdin')
     p.add_argument("--bootstrap-servers", default=None,
@@ -119,6 +130,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     settings = KafkaSettings.from_env()
+    if args.file != "-" and not Path(args.file).is_file():  # before any connection attempt
+        _error(f"cannot read input {args.file}: no such file")
+        return 2
     bootstrap = args.bootstrap_servers or settings.bootstrap_servers
     if not bootstrap:
         _error("no Kafka to send to: pass --bootstrap-servers HOST:PORT (or set "
@@ -136,6 +150,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         return 2
     topic = args.topic or settings.input_topic
     try:
+        check_reachable(bootstrap)  # seconds, not the clients' 30 s of retries
         security = security_options(settings)
         actual = create_topics(bootstrap, {topic: partitions}, **security)
         stats = produce_file(
@@ -149,6 +164,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _error("interrupted; records sent so far stay in the topic")
         return 130
+    if stats.unkeyed:
+        print(f"warning: {stats.unkeyed} of {stats.lines} lines are not JSON objects with a "
+              f"{args.key_field}: sent with a null key, the worker dead-letters the invalid "
+              f"ones", file=sys.stderr)
     print(f"sent {stats.lines} lines ({stats.messages} records, {stats.unkeyed} without key, "
           f"{stats.watermarks} watermarks) to {topic} in {stats.seconds:.2f} s "
           f"({stats.lines_per_s:,.0f} lines/s)", file=sys.stderr)

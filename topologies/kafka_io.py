@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
@@ -39,10 +40,37 @@ _TOPIC_ALREADY_EXISTS = 36
 
 # Security helpers and the JSONL replay live in their own modules; they are re-exported here.
 __all__ = [
-    "SECURITY_FIELDS", "KafkaIOError", "ProduceStats", "TopicRecord", "check_tls", "create_topics",
+    "SECURITY_FIELDS", "KafkaIOError", "ProduceStats", "TopicRecord", "check_reachable",
+    "check_tls", "create_topics",
     "produce_file", "produce_file_async", "read_topic", "read_topic_async", "security_kwargs",
     "security_options",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# reachability
+# --------------------------------------------------------------------------------------------
+def check_reachable(bootstrap: str, timeout_s: float = 5.0) -> None:
+    """Raise :class:`KafkaIOError` with a one-line reason unless some bootstrap server accepts
+    a TCP connection within ``timeout_s``.
+
+    Why: the client libraries retry an unreachable server for their whole request timeout
+    (``produce`` waited 31 s) and then report "Unable to bootstrap" or a traceback. A server
+    that accepts connections is left to the clients (it may still be starting)."""
+    servers = [s.strip() for s in bootstrap.split(",") if s.strip()]
+    if not servers:
+        raise KafkaIOError("no bootstrap servers given")
+    reasons = []
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return
+        except ValueError:
+            reasons.append(f"{server}: not HOST:PORT")
+        except OSError as exc:
+            reasons.append(f"{server}: {exc.strerror or exc or exc.__class__.__name__}")
+    raise KafkaIOError(f"cannot reach Kafka ({'; '.join(reasons)})")
 
 
 # --------------------------------------------------------------------------------------------

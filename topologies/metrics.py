@@ -27,10 +27,9 @@ usually unknown because it failed to parse), so ``events_total{type, outcome}`` 
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -45,15 +44,17 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import start_http_server as _prom_start_http_server
-from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
 
 from stream.records import KEY_TYPES
 from stream.schema import REASONS
 from stream.stats import EngineStats
-
-PREFIX = "feedback_stream_"
-OTHER = "other"
+from topologies.metric_types import (
+    OTHER,
+    PREFIX,
+    BoundedLabel,
+    _TopDefectsCollector,
+    _WeightedHistogram,
+)
 
 OUTCOMES: tuple[str, ...] = ("ok", "dead_letter", "duplicate")
 # The engine's dead-letter reason codes (one list, in the schema); others export as "other".
@@ -62,143 +63,23 @@ SIGNAL_KINDS: tuple[str, ...] = (
     "barge_in", "rephrase", "defect", "teachable_moment", "rewrite_trigger", "drift_alert",
 )
 
-# Event time to emit spans sub-millisecond (hot path) up to the allowed lateness (60 s) and
-# beyond during catch-up after an outage, hence the long tail.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0, 300.0, 600.0, 1800.0,
+# Processing latency (wall clock, input record received -> its batch's outputs acknowledged
+# by Kafka): the batch window (50 ms) plus processing plus the produce round trip on the hot
+# path; seconds when a worker falls behind.
+PROCESSING_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+# Event-time lag of a signal record (event time, not wall clock, so recorded streams give the
+# same numbers as live ones): barge-ins reported by the device go out at once, rephrases and
+# defects wait for the rephrase window (45 s) and finalisation (allowed lateness 60 s),
+# feedback-driven moments up to the teach window (2 min); idle devices up to the idle timeout.
+EVENT_TIME_LAG_BUCKETS: tuple[float, ...] = (
+    0.1, 1.0, 5.0, 15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 1800.0, 3600.0,
 )
 # Per-event processing cost is microseconds; the upper buckets catch pathological batches.
 PROCESSING_BUCKETS: tuple[float, ...] = (
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1,
 )
-# Utterances are free text; a long one would bloat every scrape and Grafana legend.
-MAX_UTTERANCE_LABEL_CHARS = 120
-
-
-class BoundedLabel:
-    """Maps raw values to a bounded label-value set.
-
-    >>> closed = BoundedLabel(known=("a", "b"))
-    >>> closed("a"), closed("zzz")
-    ('a', 'other')
-    >>> open_ = BoundedLabel(cap=2)
-    >>> [open_(v) for v in ("x", "y", "z", "x")]
-    ['x', 'y', 'other', 'x']
-    """
-
-    def __init__(self, known: Iterable[str] | None = None, cap: int = 32) -> None:
-        self._known = frozenset(known) if known is not None else None
-        self._seen: set[str] = set()
-        self._cap = cap
-        self._lock = threading.Lock()
-
-    def __call__(self, raw: object) -> str:
-        value = str(raw)
-        if self._known is not None:
-            return value if value in self._known else OTHER
-        if value in self._seen:
-            return value
-        # First come, first served: a flood of junk values later on cannot evict real ones.
-        with self._lock:
-            if len(self._seen) < self._cap:
-                self._seen.add(value)
-                return value
-        return OTHER
-
-
-class _WeightedHistogram:
-    """A histogram collector whose ``observe`` takes a weight.
-
-    prometheus_client's ``Histogram.observe`` has no weight, and observing a 2,000-event batch
-    2,000 times would cost more than processing it; bucket counts here are plain integers
-    updated once per call.
-    """
-
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
-        self.name = name
-        self._doc = documentation
-        self._bounds = tuple(sorted(buckets))
-        self._counts = [0] * (len(self._bounds) + 1)  # last slot is +Inf
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float, weight: int = 1) -> None:
-        if weight <= 0:
-            return
-        slot = bisect.bisect_left(self._bounds, value)  # first bound >= value, i.e. `le`
-        with self._lock:
-            self._counts[slot] += weight
-            self._sum += value * weight
-
-    def observe_many(self, values: Iterable[float]) -> None:
-        slots = [(bisect.bisect_left(self._bounds, v), v) for v in values]
-        with self._lock:
-            for slot, value in slots:
-                self._counts[slot] += 1
-                self._sum += value
-
-    def describe(self) -> Iterator[Metric]:
-        yield HistogramMetricFamily(self.name, self._doc)
-
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            counts = list(self._counts)
-            total = self._sum
-        buckets: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
-            running += count
-            buckets.append((floatToGoString(bound), running))
-        yield HistogramMetricFamily(self.name, self._doc, buckets=buckets, sum_value=total)
-
-
-class _TopDefectsCollector:
-    """Exports the current top-K as ``{rank, utterance}`` gauges, replaced wholesale.
-
-    A snapshot tuple swapped by reference rather than ``Gauge.clear()`` + K ``set()`` calls:
-    a scrape landing between those calls would see a partial (or empty) table.
-    """
-
-    RATE = PREFIX + "top_defect_rate"
-    PLAYS = PREFIX + "top_defect_plays"
-
-    def __init__(self, top_k: int) -> None:
-        self._top_k = top_k
-        self._rows: tuple[tuple[str, str, float, int], ...] = ()
-
-    def update(self, items: Sequence[tuple[str, float, int]]) -> None:
-        self._rows = tuple(
-            (str(rank), str(utterance)[:MAX_UTTERANCE_LABEL_CHARS], float(rate), int(plays))
-            for rank, (utterance, rate, plays) in enumerate(items[: self._top_k], start=1)
-        )
-
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        labels = ["rank", "utterance"]
-        return (
-            GaugeMetricFamily(
-                self.RATE,
-                "Defect rate of the K most defective utterances; rank 1 is the worst. "
-                "Only the current top K series exist.",
-                labels=labels,
-            ),
-            GaugeMetricFamily(
-                self.PLAYS,
-                "Plays (turns) behind each top_defect_rate entry, same rank and utterance.",
-                labels=labels,
-            ),
-        )
-
-    def describe(self) -> Iterator[Metric]:
-        yield from self._families()
-
-    def collect(self) -> Iterator[Metric]:
-        rate, plays = self._families()
-        for rank, utterance, value, count in self._rows:
-            rate.add_metric([rank, utterance], value)
-            plays.add_metric([rank, utterance], count)
-        yield rate
-        yield plays
 
 
 class PipelineMetrics:
@@ -253,23 +134,36 @@ class PipelineMetrics:
             "producer_errors_total", "Output records that failed to be produced.", "topic")
         self.producer_retries = counter(
             "producer_retries_total", "Produce attempts retried after a transient error.")
+        self.backpressure_waits = counter(
+            "changelog_backpressure_waits_total", "Times event delivery waited for Faust's "
+            "producer buffer (changelog writes) to drain below its limit.")
+        self.backpressure_seconds = counter(
+            "changelog_backpressure_seconds_total", "Seconds event delivery waited for "
+            "changelog writes to drain.")
         self.consumer_lag = gauge(
             "consumer_lag", "Messages not yet consumed: partition end offset minus position.",
             "topic", "partition")
         self.watermark_delay = gauge(
-            "watermark_delay_seconds", "Wall-clock time minus the event-time watermark.")
+            "watermark_delay_seconds", "Wall-clock time minus the event-time watermark: the "
+            "freshness of a live stream (for a recorded stream, the recording's age).")
         self.tracked_devices = gauge("tracked_devices", "Devices with live session state.")
         self.tracked_keys = gauge(
             "tracked_keys", "Defect-rate estimators held, by key type.", "key_type")
         self.markov_states = gauge("markov_states", "States in the dialogue Markov model.")
-        self.emit_latency = _WeightedHistogram(
-            PREFIX + "event_to_emit_latency_seconds", "Wall-clock time of emitting an output "
-            "minus the event time of the event that triggered it.", LATENCY_BUCKETS)
+        self.processing_latency = _WeightedHistogram(
+            PREFIX + "processing_latency_seconds", "Wall-clock time from the worker receiving "
+            "an input record to its batch's outputs being acknowledged by Kafka, per input "
+            "record.", PROCESSING_LATENCY_BUCKETS)
+        self.event_time_lag = _WeightedHistogram(
+            PREFIX + "event_time_lag_seconds", "Event time the stream had reached when a "
+            "signal record was emitted minus the event time of the event behind it: how long "
+            "(in event time) a signal waits for its windows.", EVENT_TIME_LAG_BUCKETS)
         self.processing = _WeightedHistogram(
             PREFIX + "event_processing_seconds", "Processing time per event: each batch's "
             "duration divided by its size, counted once per event.", PROCESSING_BUCKETS)
         self._top = _TopDefectsCollector(top_k)
-        for collector in (self.emit_latency, self.processing, self._top):
+        for collector in (self.processing_latency, self.event_time_lag, self.processing,
+                          self._top):
             registry.register(collector)  # type: ignore[arg-type]
 
         # Series of closed label sets exist from the start, so rate() and "no dead letters"
@@ -340,15 +234,16 @@ class PipelineMetrics:
             return
         self.processing.observe(max(seconds, 0.0) / n_events, weight=n_events)
 
-    def observe_emit_latency(self, event_ts_ms: int, now_s: float) -> None:
-        """Record one output: ``now_s`` (wall clock, seconds) minus its trigger's event time."""
-        # Clamped: a device clock ahead of ours would give negative latencies that pull the
-        # sum (and so the mean) below what any output actually waited.
-        self.emit_latency.observe(max(now_s - event_ts_ms / 1000.0, 0.0))
+    def observe_processing_latency(self, received_s: Iterable[float], now_s: float) -> None:
+        """Record, per input record received at ``received_s`` (monotonic clock, seconds),
+        the time until ``now_s`` when its batch's outputs were acknowledged."""
+        self.processing_latency.observe_many(max(now_s - t, 0.0) for t in received_s)
 
-    def observe_emit_latencies(self, event_ts_ms: Iterable[int], now_s: float) -> None:
-        """``observe_emit_latency`` for every output of a batch emitted at ``now_s``."""
-        self.emit_latency.observe_many(max(now_s - ts / 1000.0, 0.0) for ts in event_ts_ms)
+    def observe_event_time_lag(self, event_ts_ms: Iterable[int], head_ms: int) -> None:
+        """Record, per signal record, ``head_ms`` (the event time the stream had reached at
+        emit) minus the event time of the event behind the record. Clamped at 0: an event
+        ahead of the head (a device clock ahead of the others) has not waited at all."""
+        self.event_time_lag.observe_many(max(head_ms - ts, 0) / 1000.0 for ts in event_ts_ms)
 
     # --- gauges ----------------------------------------------------------------------------
 
@@ -394,6 +289,11 @@ class PipelineMetrics:
 
     def producer_retry(self, n: int = 1) -> None:
         self.producer_retries.inc(n)
+
+    def changelog_backpressure(self, buffered: int, seconds: float) -> None:
+        """One wait for the changelog producer buffer (``buffered`` records were pending)."""
+        self.backpressure_waits.inc()
+        self.backpressure_seconds.inc(max(seconds, 0.0))
 
     # --- exposition ------------------------------------------------------------------------
 

@@ -49,20 +49,31 @@ class WorkerProcess:
     """One Faust worker (``faust -A topologies.app worker``) as a child process."""
 
     def __init__(self, settings: KafkaSettings, log_path: str | Path | None = None,
-                 loglevel: str = "warn") -> None:
+                 loglevel: str = "warn", inherit_output: bool = False) -> None:
+        """``log_path``: the worker's output goes there (default: a new file in the temp
+        directory); ``inherit_output``: it goes to this process's stdout/stderr instead (an
+        operator's terminal), and there is no log file."""
         self.settings = settings
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(
-            prefix="feedback-stream-worker-", suffix=".log")[1])
+        self.inherit_output = inherit_output
+        self.log_path: Path | None = None
+        if not inherit_output:
+            self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(
+                prefix="feedback-stream-worker-", suffix=".log")[1])
         self.loglevel = loglevel
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **settings_env(self.settings)}
+        command = [sys.executable, "-m", "faust", "-A", "topologies.app", "worker",
+                   "-l", self.loglevel]
+        if self.log_path is None:
+            # Faust prints its banner on stdout and logs on stderr: both are logs here.
+            self.proc = subprocess.Popen(command, env=env, stdout=sys.stderr,
+                                         start_new_session=True)
+            return self
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "topologies.app", "worker",
-             "-l", self.loglevel],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         log.close()
         return self
 
@@ -70,6 +81,8 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None:
+            return "(worker output went to the terminal)"
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
@@ -120,6 +133,12 @@ def expected_counts(path: str | Path, settings: KafkaSettings) -> Counter[str]:
     ``rewrite-triggers`` the number of (layer, device, utterance) decided about, since the
     global layer sees chains in another order in Kafka and may publish a rewrite at other
     moments (and so another number of times)."""
+    return expected_run(path, settings)[0]
+
+
+def expected_run(path: str | Path,
+                 settings: KafkaSettings) -> tuple[Counter[str], FeedbackEngine]:
+    """``expected_counts`` and the engine that made them (its stats count dead letters)."""
     engine = FeedbackEngine(settings)
     counts: Counter[str] = Counter()
     triggers: set[tuple[str, str | None, str]] = set()
@@ -136,7 +155,7 @@ def expected_counts(path: str | Path, settings: KafkaSettings) -> Counter[str]:
             count(engine.process(line, {"line": number}))
     count(engine.flush())
     counts[REWRITE_TRIGGERS] = len(triggers)
-    return counts
+    return counts, engine
 
 
 def collect_outputs(settings: KafkaSettings, expected: Counter[str], timeout_s: float = 120.0,

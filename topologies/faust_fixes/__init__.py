@@ -9,15 +9,22 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
   produce batch because of its wrong "latest offset" answers).
 - ``fetch_max_wait``: Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer.
 - ``startup_logging``: Faust's worker leaves the root logger at DEBUG after start-up.
-- ``broker_offsets``: crash when the broker lost the group's committed offsets (memory storage).
+- ``broker_offsets``: crash instead of committing input offsets to a broker that lost the
+  group's committed offsets (memory storage); checked in the commit path.
+- ``producer_backpressure``: Faust's producer-buffer waits counted as metrics, not logged.
 - ``consumer_internals``: the only reads of Faust's private per-partition consumer offsets.
 
 ``topologies.app`` installs them; nothing else in the app touches Faust internals.
 """
 
-from topologies.faust_fixes.broker_offsets import BrokerOffsetCheck
+from topologies.faust_fixes.broker_offsets import (
+    BrokerLostOffsets,
+    OffsetGuard,
+    install_offset_guard,
+)
 from topologies.faust_fixes.consumer_internals import committed_offsets, read_offset
 from topologies.faust_fixes.fetch_max_wait import install_fetch_max_wait
+from topologies.faust_fixes.producer_backpressure import install_backpressure_metrics
 from topologies.faust_fixes.recovery_seek import (
     install_recovery_seek_fix,
     recovery_seek_fix_installed,
@@ -27,10 +34,13 @@ from topologies.faust_fixes.startup_logging import stop_debug_logging_after_star
 from topologies.faust_fixes.tansu_settings import broker_settings_for_tansu
 
 __all__ = [
-    "BrokerOffsetCheck",
+    "BrokerLostOffsets",
+    "OffsetGuard",
     "broker_settings_for_tansu",
     "committed_offsets",
+    "install_backpressure_metrics",
     "install_fetch_max_wait",
+    "install_offset_guard",
     "install_recovery_seek_fix",
     "read_offset",
     "recovery_seek_fix_installed",
