@@ -25,9 +25,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from stream.settings import DEAD_LETTER_RAW_MODES, SettingsError
+
 PSEUDONYM_BYTES = 16
 """Bytes of the HMAC kept (shown as twice as many hex characters)."""
-DEAD_LETTER_RAW_MODES = ("prefix", "none")
 
 
 class Pseudonymizer:
@@ -87,6 +88,6 @@ def dead_letter_keeps_raw(settings: Any) -> bool:
     mode = getattr(settings, "dead_letter_raw", "") or (
         "none" if getattr(settings, "device_id_key", "") else "prefix")
     if mode not in DEAD_LETTER_RAW_MODES:
-        raise ValueError(f"FEEDBACK_STREAM_DEAD_LETTER_RAW={mode!r}: expected one of "
+        raise SettingsError(f"FEEDBACK_STREAM_DEAD_LETTER_RAW={mode!r}: expected one of "
                          f"{DEAD_LETTER_RAW_MODES}")
     return mode == "prefix"

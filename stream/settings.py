@@ -19,6 +19,11 @@ from collections.abc import Mapping
 from typing import Any, Self
 
 ENV_PREFIX = "FEEDBACK_STREAM_"
+DEAD_LETTER_RAW_MODES = ("prefix", "none")
+
+
+class SettingsError(ValueError):
+    """A setting's value cannot be used; the message names the environment variable."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +102,12 @@ class Settings:
     """Input partitions: the topics' partition count, and the partitions the in-process replay
     keeps per-partition state for (pair evidence), as a producer keying by device id would."""
 
+    def __post_init__(self) -> None:
+        # Checked when settings are built, so a command fails before it reads or connects.
+        if self.dead_letter_raw not in ("", *DEAD_LETTER_RAW_MODES):
+            raise SettingsError(f"{ENV_PREFIX}DEAD_LETTER_RAW={self.dead_letter_raw!r}: "
+                                f"expected one of {', '.join(DEAD_LETTER_RAW_MODES)}")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
         """Defaults, then ``FEEDBACK_STREAM_*`` variables, then explicit keyword overrides."""
@@ -111,7 +122,7 @@ class Settings:
                 values[field.name] = kind(raw) if kind is not bool else raw.lower() in (
                     "1", "true", "yes")
             except ValueError as exc:
-                raise ValueError(
+                raise SettingsError(
                     f"{ENV_PREFIX}{field.name.upper()}={raw!r}: expected {kind.__name__}"
                 ) from exc
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -8,6 +8,7 @@ import sys
 import time
 
 from stream.engine import FeedbackEngine
+from stream.settings import SettingsError
 from topologies.cli_common import EXIT_CODES, dead_letter_report, positive_int
 from topologies.settings import KafkaSettings
 
@@ -114,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SettingsError as exc:  # a bad FEEDBACK_STREAM_* value: one line, usage exit code
+        print(f"feedback-stream: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ from stream.engine import FeedbackEngine
 EXIT_CODES = """exit codes (every command):
   0    success (lines of the input may have been dead-lettered: a warning says how many)
   1    runtime failure: Kafka unreachable, the worker died, outputs incomplete in time
-  2    usage or input error: a bad option, an input file that is missing, unreadable or holds
-       no valid event at all, an output directory that cannot be written
+  2    usage or input error: a bad option or FEEDBACK_STREAM_* value, an input file that is
+       missing, unreadable or holds no valid event at all, an output directory that cannot be
+       written
   130  interrupted (Ctrl-C)"""
 
 
