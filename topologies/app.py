@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 settings = KafkaSettings.from_env()
 faust_fixes.install_recovery_seek_fix()
 faust_fixes.install_fetch_max_wait(settings.fetch_max_wait_ms)
+faust_fixes.install_fetch_hole_rewind()
 
 
 app = faust.App(settings.app_id, **faust_config(settings))

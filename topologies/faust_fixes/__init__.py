@@ -12,6 +12,8 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
 - ``broker_offsets``: crash instead of committing input offsets to a broker that lost the
   group's committed offsets (memory storage); checked in the commit path.
 - ``producer_backpressure``: Faust's producer-buffer waits counted as metrics, not logged.
+- ``fetch_holes``: records fetched but never delivered to the streams (the positions moved on
+  past them after a rebalance) are fetched again instead of committed over as a gap.
 - ``consumer_internals``: the only reads of Faust's private per-partition consumer offsets.
 
 ``topologies.app`` installs them; nothing else in the app touches Faust internals.
@@ -23,6 +25,7 @@ from topologies.faust_fixes.broker_offsets import (
     install_offset_guard,
 )
 from topologies.faust_fixes.consumer_internals import committed_offsets, read_offset
+from topologies.faust_fixes.fetch_holes import install_fetch_hole_rewind
 from topologies.faust_fixes.fetch_max_wait import install_fetch_max_wait
 from topologies.faust_fixes.producer_backpressure import install_backpressure_metrics
 from topologies.faust_fixes.recovery_seek import (
@@ -39,6 +42,7 @@ __all__ = [
     "broker_settings_for_tansu",
     "committed_offsets",
     "install_backpressure_metrics",
+    "install_fetch_hole_rewind",
     "install_fetch_max_wait",
     "install_offset_guard",
     "install_recovery_seek_fix",

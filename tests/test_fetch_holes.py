@@ -1,0 +1,69 @@
+"""``faust_fixes.fetch_holes``: a fetch that starts past the offset Faust expects next is
+sought back (its records were fetched but never delivered), once per hole; changelogs (which
+compaction leaves with real holes) are left alone. The end-to-end case that found it is
+``tests/test_faults.py::test_rebalances_mid_stream_lose_and_double_count_nothing``."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+
+from topologies.faust_fixes.fetch_holes import _rewind_holes
+
+INPUT, CHANGELOG = TP("interactions", 0), TP("app-device-state-changelog", 0)
+
+
+class Fetcher:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TP, int]] = []
+
+    def seek_to(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def records(tp: TP, first: int, n: int = 3) -> list[Any]:
+    return [SimpleNamespace(offset=o) for o in range(first, first + n)]
+
+
+def setup(read_offset: dict[TP, int]) -> tuple[Any, Any]:
+    app = SimpleNamespace(tables=SimpleNamespace(changelog_topics={CHANGELOG.topic}))
+    thread = SimpleNamespace(consumer=SimpleNamespace(app=app, _read_offset=read_offset))
+    return thread, SimpleNamespace(_fetcher=Fetcher())
+
+
+def test_records_past_the_next_offset_are_fetched_again() -> None:
+    thread, consumer = setup({INPUT: 461, CHANGELOG: 10})
+    fetched = {INPUT: records(INPUT, 810), CHANGELOG: records(CHANGELOG, 50)}
+    _rewind_holes(thread, consumer, fetched)
+    assert consumer._fetcher.seeks == [(INPUT, 461)]
+    assert list(fetched) == [CHANGELOG]  # a changelog's hole is compaction: kept
+
+    # After the rewind the records come from 461: delivered.
+    fetched = {INPUT: records(INPUT, 461)}
+    _rewind_holes(thread, consumer, fetched)
+    assert list(fetched) == [INPUT] and len(consumer._fetcher.seeks) == 1
+
+
+def test_contiguous_records_and_unknown_positions_pass() -> None:
+    thread, consumer = setup({INPUT: 461})
+    for first in (460, 461, 462):  # after a seek (461 next) or after handing on 461
+        fetched = {INPUT: records(INPUT, first)}
+        _rewind_holes(thread, consumer, fetched)
+        assert list(fetched) == [INPUT]
+    thread, consumer = setup({})  # nothing read yet (just assigned): Faust seeks itself
+    fetched = {INPUT: records(INPUT, 900)}
+    _rewind_holes(thread, consumer, fetched)
+    assert list(fetched) == [INPUT] and not consumer._fetcher.seeks
+
+
+def test_a_hole_still_there_after_the_rewind_is_real() -> None:
+    # Transaction markers on real Kafka: the records after them start 2 past the last one.
+    thread, consumer = setup({INPUT: 461})
+    fetched = {INPUT: records(INPUT, 463)}
+    _rewind_holes(thread, consumer, fetched)
+    assert not fetched and consumer._fetcher.seeks == [(INPUT, 461)]
+    fetched = {INPUT: records(INPUT, 463)}
+    _rewind_holes(thread, consumer, fetched)
+    assert list(fetched) == [INPUT] and len(consumer._fetcher.seeks) == 1

@@ -1,0 +1,77 @@
+"""Records fetched but never handed to the streams: rewind instead of skipping them.
+
+Measured on tansu (tests/test_faults.py, rebalance test, 2 of 4 runs under CPU load): after a
+rebalance the worker sought its input partitions to the committed offsets (say 461), yet the
+first records the streams got were from the end of the partition (810): a fetch whose result
+Faust never delivered (the fetcher is stopped and restarted around table recovery; a
+``getmany`` already running in Faust's consumer thread still advances aiokafka's positions) had
+moved the positions on. Faust's consumer then took 462..809 for a compaction gap
+(``Consumer._add_gap``) and committed over it: 20-60 of 304 barge-ins, and the plays of the
+turns in between, lost.
+
+Input and repartition topics are not compacted: records after a hole exist, they were just
+never delivered. So when a fetch returns a partition's records starting past the offset Faust
+expects next, the partition is sought back to that offset and the records are dropped from
+this fetch; they come again with the next one. A hole that is still there right after such a
+rewind (transaction markers on real Kafka) is accepted. Changelog topics are left alone
+(compaction makes real holes there).
+
+Upstream: no faust-streaming issue filed from here; faust-streaming 0.15.3, aiokafka 0.14.0.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_MARKER = "_feedback_stream_fetch_holes_original"
+
+
+def _rewind_holes(thread: Any, consumer: Any, records: dict[Any, list[Any]]) -> None:
+    """Drop (and seek back) each partition's records that start past Faust's next offset."""
+    faust_consumer = thread.consumer
+    changelogs = faust_consumer.app.tables.changelog_topics
+    rewound: dict[Any, int] = thread.__dict__.setdefault("_feedback_stream_rewound", {})
+    for tp in list(records):
+        batch = records[tp]
+        if not batch or tp.topic in changelogs:
+            continue
+        # Faust's read offset: the committed offset right after a seek, else the last offset
+        # handed on; its own gap check accepts anything up to one past it.
+        expected = faust_consumer._read_offset.get(tp)
+        first = batch[0].offset
+        if expected is None or first <= expected + 1:
+            rewound.pop(tp, None)
+            continue
+        if rewound.get(tp) == (expected, first):
+            rewound.pop(tp)  # the same hole again: real (transaction markers), accept it
+            continue
+        log.warning("input %s[%d]: fetch starts at %d, past the next offset %d to process; "
+                    "seeking back", tp.topic, tp.partition, first, expected)
+        rewound[tp] = (expected, first)
+        del records[tp]
+        consumer._fetcher.seek_to(tp, expected)
+
+
+def install_fetch_hole_rewind() -> None:
+    """Wrap Faust's ``AIOKafkaConsumerThread._fetch_records`` (idempotent)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    cls: Any = AIOKafkaConsumerThread
+    if getattr(cls, _MARKER, None) is not None:
+        return
+    original = cls._fetch_records
+
+    async def _fetch_records(self: Any, consumer: Any, active_partitions: Any,
+                             timeout: float | None = None,
+                             max_records: int | None = None) -> Any:
+        records = await original(self, consumer, active_partitions, timeout=timeout,
+                                 max_records=max_records)
+        if records:
+            _rewind_holes(self, consumer, records)
+        return records
+
+    setattr(cls, _MARKER, original)
+    cls._fetch_records = _fetch_records
