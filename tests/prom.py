@@ -77,8 +77,8 @@ def prometheus_scraping(target: str, tmp_path: Path, scrapes: int = 2) -> Iterat
                     result = query(base, "count_over_time(up[1m])")["data"]["result"]
                     if result and float(result[0]["value"][1]) >= scrapes:
                         break
-                except OSError:
-                    pass
+                except (OSError, ValueError, KeyError):
+                    pass  # not up yet; while starting it answers 503 with a plain-text body
                 assert time.monotonic() < deadline, "Prometheus did not scrape in 120 s"
                 time.sleep(0.25)
             yield base
