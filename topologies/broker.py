@@ -8,7 +8,7 @@ Typical use::
     with EmbeddedBroker() as broker:
         run_something(bootstrap_servers=broker.bootstrap)
 
-See ``/work/shared/notes/broker.md`` (project notes) for the broker's measured quirks: clients
+See docs/operations.md (broker workarounds) for the broker's measured quirks: clients
 must use short session timeouts (~6 s), and its "latest offset" answers are wrong.
 """
 
