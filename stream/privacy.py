@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from stream.settings import DEAD_LETTER_RAW_MODES, SettingsError
-
 PSEUDONYM_BYTES = 16
 """Bytes of the HMAC kept (shown as twice as many hex characters)."""
 
@@ -87,7 +85,4 @@ def dead_letter_keeps_raw(settings: Any) -> bool:
     """
     mode = getattr(settings, "dead_letter_raw", "") or (
         "none" if getattr(settings, "device_id_key", "") else "prefix")
-    if mode not in DEAD_LETTER_RAW_MODES:
-        raise SettingsError(f"FEEDBACK_STREAM_DEAD_LETTER_RAW={mode!r}: expected one of "
-                         f"{DEAD_LETTER_RAW_MODES}")
-    return mode == "prefix"
+    return mode == "prefix"  # the value itself is checked when Settings are built
