@@ -17,6 +17,9 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v docker-compose >/dev/nu
         exit 1
     fi
 fi
+# The whole suite at full scale: the core's scale and property sweeps at the sizes their
+# docstrings promise (tests/scale.py; a plain `pytest -m "not kafka"` runs them quick).
+export FEEDBACK_STREAM_TEST_SCALE="${FEEDBACK_STREAM_TEST_SCALE:-full}"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 python3 -m ruff check stream topologies tests bench
 python3 -m pytest "$@"

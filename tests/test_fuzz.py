@@ -4,6 +4,9 @@ good and bad events through the in-process engine and a real Faust worker on the
 The contract under test (README "Input events" and "Guarantees"): every input is accounted for
 exactly once - processed (``ok``), dropped as a re-delivery (``duplicate``) or turned into one
 dead-letter record with a reason code, the error and the raw input - and nothing raises.
+
+Property sweeps: 300-400 examples each at full scale (CI), 40-60 in the quick core suite
+(tests/scale.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from stream.records import DEAD_LETTER, OUTPUT_STREAMS, Output
 from stream.schema import REASONS, _text_depth
 from stream.settings import Settings
 from tests.prom import metric_total
+from tests.scale import scaled
 from tests.test_kafka_pipeline import canonical
 from tests.waits import scrape, wait_until
 from topologies.kafka_io import produce_file, read_topic
@@ -40,7 +44,7 @@ from topologies.runner import WorkerProcess, collect_outputs, demo_settings, pre
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 CORPUS = CORPUS_DIR / "nasty.jsonl"
 EXPECTED = CORPUS_DIR / "nasty-expected.json"
-HYPOTHESIS = settings(max_examples=300, deadline=None, database=None,
+HYPOTHESIS = settings(max_examples=scaled(300, 40), deadline=None, database=None,
                       suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -277,7 +281,7 @@ def mutated(draw: st.DrawFn) -> tuple[bytes, bool]:
 
 
 @pytest.mark.slow
-@settings(max_examples=400, deadline=None, database=None,
+@settings(max_examples=scaled(400, 60), deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutated(), min_size=1, max_size=40))
 def test_valid_and_mutated_events_are_each_accounted_for_once(events):

@@ -13,6 +13,7 @@ from stream.devices import end_watermark
 from stream.engine import FeedbackEngine
 from stream.rates import DefectRateTracker, RateStage
 from stream.records import CHAINS, DEAD_LETTER, DEFECT_RATES, RATE_UPDATES
+from tests.scale import FULL
 from topologies.processors import (
     DeviceProcessor,
     GlobalRewriteProcessor,
@@ -213,10 +214,22 @@ def run_behind_stage1(settings, tables):
     return rates, rewrites
 
 
+@pytest.fixture(scope="module")
+def clean_stage1(lines: list[bytes]) -> tuple[dict, RateProcessor, GlobalRewriteProcessor, dict]:
+    """The run without a crash that every crash case is compared with, and the replay's final
+    estimates (only read)."""
+    settings, clean = KafkaSettings(partitions=PARTITIONS), stage1_tables()
+    run_stage1(batches_of(lines), settings, clean)
+    return (clean, *run_behind_stage1(settings, clean), replay_records(lines)[1])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("landing", [0, 3, 30, 45, 60, 90, 120, 10**9])
+# Where the state writes stop (10**9: all landed); the quick suite tries four of them.
+@pytest.mark.parametrize("landing", [0, 3, 30, 45, 60, 90, 120, 10**9] if FULL
+                         else [0, 3, 60, 10**9])
 @pytest.mark.parametrize("rewind", [0, 2])
-def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing, rewind):
+def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, clean_stage1,
+                                                                 landing, rewind):
     """SIGKILL between publishing a batch's outputs and writing its state, with any part of
     the state writes landed, and input offsets committed ``rewind`` batches before it: the
     restarted stage 1 re-emits the batch's rate-updates and chains, and the stages behind
@@ -224,10 +237,7 @@ def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing
     with exactly the estimates and rewrite-miner states of a run without the crash."""
     settings, batches = KafkaSettings(partitions=PARTITIONS), batches_of(lines)
     crash_at = len(batches) // 2
-
-    clean = stage1_tables()
-    run_stage1(batches, settings, clean)
-    clean_rates, clean_rewrites = run_behind_stage1(settings, clean)
+    clean, clean_rates, clean_rewrites, want = clean_stage1
 
     crashed = stage1_tables()
     lost_writes = not run_stage1(batches[:crash_at], settings, crashed, landing=landing)
@@ -243,7 +253,6 @@ def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, landing
     assert re_emitted > 0 if landing == 0 else (re_emitted == 0 or lost_writes)
     final = {k: RateStage.record(*k.split(":", 1), DefectRateTracker(*decode(v)["t"]))
              for k, v in rates.table.items()}
-    want = replay_records(lines)[1]
     assert final == want == {k: RateStage.record(*k.split(":", 1), DefectRateTracker(
         *decode(v)["t"])) for k, v in clean_rates.table.items()}
     assert rewrites.miner.to_dict() == clean_rewrites.miner.to_dict()

@@ -27,6 +27,7 @@ from stream.datasets.synth import (
     summarize,
     vocabulary,
 )
+from tests.scale import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample.jsonl"
@@ -251,8 +252,9 @@ def test_utterance_count_is_reached() -> None:
 
 @pytest.mark.slow
 def test_large_run_is_fast_and_consistent() -> None:
-    # 100k events take about two seconds; 1M (benchmarks) about twenty.
-    check_stream(list(generate(100_000, 5000, seed=9, malformed=100)), 100_000, 100)
+    # 100k events (full scale) take about two seconds; 1M (benchmarks) about twenty.
+    n = scaled(100_000, 20_000)
+    check_stream(list(generate(n, 5000, seed=9, malformed=100)), n, 100)
 
 
 def test_schema_accepts_every_good_line(sample: Pairs) -> None:

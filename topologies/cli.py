@@ -6,11 +6,14 @@ import argparse
 import gc
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from stream.engine import FeedbackEngine
 from stream.settings import SettingsError
 from topologies.cli_common import EXIT_CODES, dead_letter_report, positive_int
 from topologies.settings import KafkaSettings
+
+if TYPE_CHECKING:  # the engine pulls river and scipy: `--help` must not wait for them
+    from stream.engine import FeedbackEngine
 
 SETTINGS_HELP = EXIT_CODES + "\n\nsettings (environment variables, default):\n" + "\n".join(
     f"  {name:<42} {default!r}" for name, _, default in KafkaSettings.describe()
@@ -18,8 +21,6 @@ SETTINGS_HELP = EXIT_CODES + "\n\nsettings (environment variables, default):\n" 
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from stream.replay import ReplayError, replay, summary
-
     if args.metrics_port is None and args.metrics_hold:
         print("feedback-stream replay: error: --metrics-hold needs --metrics-port",
               file=sys.stderr)
@@ -28,6 +29,9 @@ def _replay(args: argparse.Namespace) -> int:
         print("feedback-stream replay: error: --metrics-hold must be >= 0", file=sys.stderr)
         return 2
     settings = KafkaSettings.from_env()
+    # The engine (river, scipy: ~1 s) loads only once the command line and settings are valid.
+    from stream.replay import ReplayError, replay, summary
+
     on_progress, server = None, None
     if args.metrics_port is not None:
         from topologies.metrics import PipelineMetrics

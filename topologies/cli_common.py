@@ -4,8 +4,10 @@ the dead-letter verdict on a replayed input."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from stream.engine import FeedbackEngine
+if TYPE_CHECKING:  # the engine pulls river and scipy: commands load it when they run
+    from stream.engine import FeedbackEngine
 
 EXIT_CODES = """exit codes (every command):
   0    success (lines of the input may have been dead-lettered: a warning says how many)

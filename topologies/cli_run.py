@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stream.rates import DefectRateTracker, rank_defective
 from stream.records import DEFECT_RATES, OUTPUT_STREAMS, REWRITE_TRIGGERS
-from stream.replay import top_table
 from topologies.broker import BrokerError, EmbeddedBroker
 from topologies.cli_common import EXIT_CODES, dead_letter_report, positive_int
 from topologies.kafka_io import (
@@ -24,16 +22,6 @@ from topologies.kafka_io import (
     check_reachable,
     produce_file,
     security_options,
-)
-from topologies.runner import (
-    PipelineError,
-    WorkerProcess,
-    collect_outputs,
-    demo_settings,
-    expected_run,
-    plays_counted,
-    prepare_topics,
-    trigger_key,
 )
 from topologies.settings import KafkaSettings
 
@@ -114,6 +102,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from topologies.runner import WorkerProcess, prepare_topics
+
     base = KafkaSettings.from_env(web_port=args.web_port, partitions=args.partitions)
     try:
         if args.bootstrap_servers or base.bootstrap_servers:
@@ -157,6 +147,16 @@ def worker_banner(settings: KafkaSettings, pid: int, log_path: Path | None) -> s
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # Imported here: the engine pulls river and scipy, which `--help` must not wait for.
+    from topologies.runner import (
+        PipelineError,
+        WorkerProcess,
+        collect_outputs,
+        demo_settings,
+        expected_run,
+        prepare_topics,
+    )
+
     if not Path(args.file).is_file():
         print(f"feedback-stream demo: error: cannot read input {args.file}: no such file",
               file=sys.stderr)
@@ -213,6 +213,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def demo_summary(outputs: dict[str, list[dict[str, Any]]], settings: KafkaSettings,
                  expected: Any, top: int) -> str:
+    from stream.rates import DefectRateTracker, rank_defective
+    from stream.replay import top_table
+    from topologies.runner import plays_counted, trigger_key
+
     lines = ["records per output topic (read back from Kafka; in-process replay in brackets):"]
     for name in OUTPUT_STREAMS:
         count = f"[{expected.get(name, 0)}]"
