@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from topologies.broker import free_port
+from topologies.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "monitoring"

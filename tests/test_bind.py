@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from topologies.broker import free_port
+from topologies.ports import free_port
 from topologies.runner import WorkerProcess, demo_settings, prepare_topics
 
 pytestmark = pytest.mark.kafka

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.waits import wait_until
-from topologies.broker import BrokerError, EmbeddedBroker, metadata_probe, port_is_free
+from topologies.broker import BrokerError, EmbeddedBroker
 from topologies.kafka_io import (
     KafkaIOError,
     create_topics,
@@ -25,6 +25,7 @@ from topologies.kafka_io import (
     read_topic,
     security_kwargs,
 )
+from topologies.ports import metadata_probe, port_is_free
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_SCRIPT = """

@@ -87,7 +87,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
 def test_replay_serves_metrics_while_running(tmp_path):
     import threading
 
-    from topologies.broker import free_port
+    from topologies.ports import free_port
 
     port = free_port()
     proc = subprocess.Popen(
@@ -117,7 +117,7 @@ def test_worker_command_serves_and_stops_cleanly_on_sigterm(tmp_path):
     (docker stop) stops both and exits 0."""
     import signal
 
-    from topologies.broker import free_port
+    from topologies.ports import free_port
 
     port = free_port()
     err_path = tmp_path / "stderr"
@@ -154,7 +154,7 @@ def test_worker_log_file_option(tmp_path):
     """--log-file sends the worker's log there and nothing of it to stderr."""
     import signal
 
-    from topologies.broker import free_port
+    from topologies.ports import free_port
 
     port, log = free_port(), tmp_path / "worker.log"
     err_path = tmp_path / "stderr"
@@ -225,7 +225,7 @@ def _pid_alive(pid: int) -> bool:
 # --- one convention for every command (exit codes: 0 ok, 1 runtime failure, 2 usage/input) ---
 
 def _unused_port() -> int:
-    from topologies.broker import free_port
+    from topologies.ports import free_port
 
     return free_port()
 

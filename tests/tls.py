@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from topologies.broker import EmbeddedBroker, _pdeathsig_hook, free_port
+from topologies.broker import EmbeddedBroker, _pdeathsig_hook
+from topologies.ports import free_port
 
 SERVER_NAME = "localhost"
 

@@ -30,8 +30,8 @@ from stream.records import (
 )
 from stream.replay import iter_lines
 from stream.settings import ENV_PREFIX
-from topologies.broker import free_port
 from topologies.kafka_io import create_topics, read_topic, security_options
+from topologies.ports import free_port
 from topologies.settings import KafkaSettings
 
 
