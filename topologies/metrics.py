@@ -131,7 +131,8 @@ class PipelineMetrics:
             "state_evictions_total", "State entries evicted (idle devices, least recently "
             "updated estimators), by kind.", "kind")
         self.producer_errors = counter(
-            "producer_errors_total", "Output records that failed to be produced.", "topic")
+            "producer_errors_total", "Output records that could not be produced, after every "
+            "retry (the worker stops; the batch is processed again after a restart).", "topic")
         self.producer_retries = counter(
             "producer_retries_total", "Produce attempts retried after a transient error.")
         self.backpressure_waits = counter(

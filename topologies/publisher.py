@@ -57,9 +57,11 @@ class OutputPublisher:
     async def publish(self, outputs: list[Output]) -> None:
         """Send every output and wait until Kafka acknowledged all of them.
 
-        A failed send is retried (with aiokafka's own retries inside each attempt); after
-        ``retries`` failed rounds the error propagates, the agent stops and the batch's input
-        is not acknowledged, so a restarted worker processes it again. Nothing is dropped.
+        A failed send is retried (with aiokafka's own retries inside each attempt; ``on_retry``
+        once per retried round); after ``retries`` failed rounds ``on_error`` is called once
+        per record still undelivered, the error propagates, the agent stops and the batch's
+        input is not acknowledged, so a restarted worker processes it again. Nothing is
+        dropped.
         """
         if not outputs:
             return
@@ -80,10 +82,12 @@ class OutputPublisher:
                       if isinstance(res, BaseException)]
             if not failed:
                 return
-            for topic, _, _ in failed:
-                self.on_error(topic)
             error = next(r for r in results if isinstance(r, BaseException))
             if attempt == self.retries or not isinstance(error, KafkaError):
+                # Counted only here: a record that a retry delivers (e.g. while the broker
+                # creates a missing topic) was produced, and shows in the retry counter.
+                for topic, _, _ in failed:
+                    self.on_error(topic)
                 raise error
             log.warning("%d of %d output records failed (%r); retry %d of %d",
                         len(failed), len(pending), error, attempt + 1, self.retries)
