@@ -20,6 +20,7 @@ import pytest
 from stream.datasets.synth import generate
 from stream.records import DEAD_LETTER, OUTPUT_STREAMS
 from tests.prom import metric_total
+from tests.scale import scaled
 from tests.test_fuzz import Accountant, corpus, raw_back
 from tests.test_kafka_pipeline import canonical
 from tests.waits import scrape, wait_until
@@ -40,15 +41,17 @@ SYNTH_REASON = {  # stream.datasets.synth's malformed kinds -> the reason the en
 
 
 def mixed_stream(seed: int = 11) -> tuple[list[bytes], list[str | None]]:
-    """~10,500 lines: 8,000 generated events, 2,000 generated bad lines, the corpus, and
-    late events (copies of earlier turns of a device, re-stamped 5 minutes in its past).
+    """~10,500 lines at full scale (~4,000 quick): 8,000 (3,000) generated events, 2,000
+    (750) generated bad lines, the corpus, and late events (copies of earlier turns of a
+    device, re-stamped 5 minutes in its past).
     Returns the lines and, per line, the reason it must get (None for good lines)."""
     lines: list[bytes] = []
     want: list[str | None] = []
     last_turn: dict[str, dict[str, Any]] = {}
     rng = random.Random(seed)
     late = 0
-    for line, truth in generate(8_000, 300, seed=seed, malformed=2_000):
+    for line, truth in generate(scaled(8_000, 3_000), 300, seed=seed,
+                                malformed=scaled(2_000, 750)):
         lines.append(line)
         want.append(SYNTH_REASON[truth["malformed"]] if "malformed" in truth else None)
         if truth and truth.get("device_id") and "kind" not in truth and "malformed" not in truth:
@@ -63,7 +66,7 @@ def mixed_stream(seed: int = 11) -> tuple[list[bytes], list[str | None]]:
                     want.append("late")
                     late += 1
                 last_turn[obj["device_id"]] = obj
-    assert late >= 50
+    assert late >= scaled(50, 15)
     watermark = lines.pop()  # keep the final watermark last
     wm_want = want.pop()
     for _, raw, reason in corpus():
@@ -90,10 +93,10 @@ def mixed() -> dict[str, Any]:
 
 def test_mixed_stream_in_process(mixed):
     lines, want, acc = mixed["lines"], mixed["want"], mixed["acc"]
-    assert len(lines) >= 10_000
+    assert len(lines) >= scaled(10_000, 3_750)
     assert acc.reasons == want  # every bad line its reason, every good line processed
     stats = acc.engine.stats
-    assert stats.events[("turn", "ok")] > 5_000
+    assert stats.events[("turn", "ok")] > scaled(5_000, 1_800)
     assert stats.dead_letters["late"] == want.count("late")
     records = mixed["records"]
     assert len(records[DEAD_LETTER]) == sum(r is not None for r in want)
