@@ -174,8 +174,8 @@ def test_worker_log_file_option(tmp_path):
     assert f"log:      {log}" in err and "Worker ready" not in err, err
 
 def test_demo_summary_counts_defect_rate_plays_not_records():
-    """The worker publishes one estimate per key per batch, the replay one per update: the
-    demo compares the plays the last estimates count with the replay's updates."""
+    """Worker and replay publish one estimate per key per batch, their batches differ: the
+    demo compares the plays the last estimates count on both sides."""
     from collections import Counter
 
     from topologies.cli_run import demo_summary
@@ -186,7 +186,7 @@ def test_demo_summary_counts_defect_rate_plays_not_records():
     outputs["defect-rates"] = [{**estimate, "plays": 2}, {**estimate, "plays": 5},
                                {**estimate, "key": "stop", "plays": 1}]
     text = demo_summary(outputs, KafkaSettings(), Counter({"defect-rates": 6}), top=3)
-    assert "3  estimates of 2 keys counting 6 plays [6 updates]" in text
+    assert "3  estimates of 2 keys counting 6 plays [6 plays]" in text
 
 
 def _anchor(heading: str) -> str:

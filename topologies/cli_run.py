@@ -223,7 +223,7 @@ def demo_summary(outputs: dict[str, list[dict[str, Any]]], settings: KafkaSettin
         if name == DEFECT_RATES:  # one estimate per key per batch, not one per update
             keys = {(r["key_type"], r["key"]) for r in outputs[name]}
             count = (f"estimates of {len(keys)} keys counting "
-                     f"{plays_counted(outputs[name])} plays [{expected.get(name, 0)} updates]")
+                     f"{plays_counted(outputs[name])} plays [{expected.get(name, 0)} plays]")
         elif name == REWRITE_TRIGGERS:  # when the global layer publishes may differ
             decided = {trigger_key(r) for r in outputs[name]}
             count = f"deciding on {len(decided)} utterances [{expected.get(name, 0)}]"

@@ -132,7 +132,9 @@ def expected_counts(path: str | Path, settings: KafkaSettings) -> Counter[str]:
     """Records per output stream that the in-process engine makes of ``path``; for
     ``rewrite-triggers`` the number of (layer, device, utterance) decided about, since the
     global layer sees chains in another order in Kafka and may publish a rewrite at other
-    moments (and so another number of times)."""
+    moments (and so another number of times); for ``defect-rates`` the plays its last
+    estimate per key counts (both publish one per changed key per batch, their batches
+    differ)."""
     return expected_run(path, settings)[0]
 
 
@@ -142,11 +144,14 @@ def expected_run(path: str | Path,
     engine = FeedbackEngine(settings)
     counts: Counter[str] = Counter()
     triggers: set[tuple[str, str | None, str]] = set()
+    estimates: list[dict[str, Any]] = []
 
     def count(outputs: list[Output]) -> None:
         for o in outputs:
             if o.stream == REWRITE_TRIGGERS:
                 triggers.add(trigger_key(o.record))
+            elif o.stream == DEFECT_RATES:
+                estimates.append(o.record)
             else:
                 counts[o.stream] += 1
 
@@ -155,6 +160,7 @@ def expected_run(path: str | Path,
             count(engine.process(line, {"line": number}))
     count(engine.flush())
     counts[REWRITE_TRIGGERS] = len(triggers)
+    counts[DEFECT_RATES] = plays_counted(estimates)
     return counts, engine
 
 
@@ -166,10 +172,10 @@ def collect_outputs(settings: KafkaSettings, expected: Counter[str], timeout_s: 
     the last records arrived).
 
     ``rewrite-triggers`` counts the (layer, device, utterance) decided about (see
-    ``expected_counts``). ``defect-rates`` is compacted and the worker publishes one estimate
-    per key per batch, not one per update as the in-process engine does: there the expected
-    count (the replay's records, one per update) is compared with the sum of ``plays`` over
-    the last record of each key, i.e. the topic is complete once every update is counted.
+    ``expected_counts``). ``defect-rates`` is compacted and published per key per batch (the
+    worker's and the replay's batches differ): there the expected count (the plays of the
+    replay's last estimates) is compared with the sum of ``plays`` over the last record of
+    each key, i.e. the topic is complete once every update is counted.
 
     Fails with the worker's log tail if the worker died or the records did not arrive in time.
     """
