@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from stream import records
@@ -102,6 +102,10 @@ class DeviceStage:
         ``topologies.processors.first_application``)."""
         self.changes = ChangeSet()
         """Devices whose state changed or went (for changelog writes; enable to track)."""
+        self.rate_sink: Callable[[str, str, bool, int], list[Output]] | None = None
+        """Set by the in-process engine: applies one finalised turn to one estimate key at
+        once (key type, key, defective, ts) and returns what that causes, instead of a
+        ``rate-updates`` record per key (a dict and an envelope that it would unpack again)."""
         self.input_partition = 0
         """Input partition of the event being processed (set by the caller)."""
         self.evidence = PartitionedEvidence(
@@ -300,9 +304,13 @@ class DeviceStage:
             # The tip of a chain (a lone turn is a chain of one): the chain's outcome is known.
             out.append(records.chain(st.device_id, turn, defective, src))
         keys = (turn.norm, turn.intent, turn.domain, turn.device_type)  # as KEY_TYPES
+        sink = self.rate_sink
         for key_type, key in zip(KEY_TYPES, keys, strict=True):
             if key:
-                out.append(records.rate_update(key_type, key, turn, defective, src))
+                if sink is None:
+                    out.append(records.rate_update(key_type, key, turn, defective, src))
+                else:
+                    out += sink(key_type, key, defective, turn.ts)
 
     def _resolve_chain(self, st: DeviceState, tip: TurnState, failed: bool,
                        out: list[Output]) -> None:
