@@ -96,6 +96,8 @@ def ablation(lines: list[bytes]) -> dict[str, Any]:
 
     def stage1() -> None:
         eng = DeviceEngine(emit_chains=True)
+        # As in the full engine: finalised turns go to stage 2 directly, not as records.
+        eng.devices.rate_sink = lambda key_type, key, defective, ts: []
         for line in lines:
             eng.process(line)
         eng.flush()

@@ -25,7 +25,7 @@ from stream.devices import DUPLICATE, LATE, OK, UNKNOWN_TURN, DeviceStage
 from stream.partition import partition_of
 from stream.privacy import dead_letter_keeps_raw, pseudonymizer
 from stream.rates import RateStage
-from stream.records import CHAINS, RATE_UPDATES, Output, dead_letter
+from stream.records import CHAINS, Output, dead_letter
 from stream.rewrite_layers import RewriteLayers
 from stream.schema import Feedback, Invalid, Parser, Turn
 from stream.settings import Settings
@@ -113,7 +113,13 @@ class DeviceEngine:
 
 
 class FeedbackEngine:
-    """All stages in one process: what ``feedback-stream replay`` runs."""
+    """All stages in one process: what ``feedback-stream replay`` runs.
+
+    Works in batches of ``settings.batch_events`` input events, as the Kafka worker works in
+    consumer batches: signals and drift alerts leave with the event that caused them, while
+    ``defect-rates`` estimates (one per key changed in the batch, its state after the batch)
+    and the pending rewrite decisions leave with the batch's last event, and at ``flush``.
+    """
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
@@ -121,22 +127,44 @@ class FeedbackEngine:
         self.stage1 = DeviceEngine(self.settings, self.stats, emit_chains=True)
         self.stage2 = RateStage(self.settings, self.stats)
         self.rewrites = RewriteLayers.from_settings(self.settings, self.stats)
+        self.stage1.devices.rate_sink = self._rate
+        self._changed: dict[tuple[str, str], None] = {}
+        """Estimate keys updated in the current batch, in order of their first update."""
+        self._events = 0
+        """Input events of the current batch."""
+
+    def _rate(self, key_type: str, key: str, defective: bool, ts: int) -> list[Output]:
+        """Stage 1's ``rate_sink``: the update applied at once, its estimate left for the end
+        of the batch."""
+        self._changed[(key_type, key)] = None
+        return self.stage2.update(key_type, key, defective, ts)
 
     def _chain(self, outputs: Iterable[Output]) -> list[Output]:
         result: list[Output] = []
         for out in outputs:
-            if out.stream == RATE_UPDATES:
-                result += self.stage2.apply(out.record)
-            elif out.stream == CHAINS:
+            if out.stream == CHAINS:
                 result += self.rewrites.learn_one(out.record)
             else:
                 result.append(out)
         return result
 
     def process(self, raw: bytes | str, source: dict[str, Any] | None = None) -> list[Output]:
-        return self._chain(self.stage1.process(raw, source))
+        result = self._chain(self.stage1.process(raw, source))
+        self._events += 1
+        if self._events >= self.settings.batch_events:
+            result += self.end_batch()
+        return result
+
+    def end_batch(self) -> list[Output]:
+        """End the current batch now: one ``defect-rates`` estimate per key changed in it,
+        then the pending rewrite decisions (``rewrite_decide_every`` > 1)."""
+        self._events = 0
+        changed, self._changed = self._changed, {}
+        estimate = self.stage2.estimate
+        result = [out for out in (estimate(key_type, key) for key_type, key in changed)
+                  if out is not None]  # None: evicted again within the batch
+        return result + self.rewrites.decide()
 
     def flush(self) -> list[Output]:
-        """End of stream: finalise every turn, then publish the rewrite decisions still
-        pending (``rewrite_decide_every`` > 1)."""
-        return self._chain(self.stage1.flush()) + self.rewrites.decide()
+        """End of stream: finalise every turn, then end the batch."""
+        return self._chain(self.stage1.flush()) + self.end_batch()

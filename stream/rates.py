@@ -126,21 +126,13 @@ class RateStage:
         the credible interval (most of this stage's cost) is not computed for every update.
         """
         key_type, key = update["key_type"], update["key"]
-        tracker = self._count(key_type, key, update)
-        alerts = self.drift.learn_one(update)
+        alerts = self.update(key_type, key, update["defective"], update["ts"])
         if not estimate:
             return alerts
-        return [estimate_output(key_type, key, tracker), *alerts]
+        return [estimate_output(key_type, key, self.trackers[key_type][key]), *alerts]
 
-    def estimate(self, key_type: str, key: str) -> Output | None:
-        """The key's current ``defect-rates`` record (None when it is not tracked)."""
-        tracker = self.trackers[key_type].get(key)
-        if tracker is None:
-            return None
-        return estimate_output(key_type, key, tracker)
-
-    def _count(self, key_type: str, key: str, update: dict[str, Any]) -> DefectRateTracker:
-        """Counts the update; the key's tracker."""
+    def update(self, key_type: str, key: str, defective: bool, ts: int) -> list[Output]:
+        """Count one finalised turn for one key; the drift alerts it causes (no estimate)."""
         table = self.trackers[key_type]
         tracker = table.get(key)
         if tracker is None:
@@ -151,9 +143,22 @@ class RateStage:
             tracker = table[key] = DefectRateTracker()
         else:
             table.move_to_end(key)
-        tracker.update(update["defective"], update["ts"])
-        self.changes.touch(rate_key(key_type, key))
-        return tracker
+        # DefectRateTracker.update inlined: this runs four times per finalised turn.
+        tracker.plays += 1
+        if defective:
+            tracker.defects += 1
+        if ts > tracker.updated_ts:
+            tracker.updated_ts = ts
+        if self.changes.enabled:
+            self.changes.touch(rate_key(key_type, key))
+        return self.drift.update(key_type, key, bool(defective), ts)
+
+    def estimate(self, key_type: str, key: str) -> Output | None:
+        """The key's current ``defect-rates`` record (None when it is not tracked)."""
+        tracker = self.trackers[key_type].get(key)
+        if tracker is None:
+            return None
+        return estimate_output(key_type, key, tracker)
 
     @staticmethod
     def record(key_type: str, key: str, tracker: DefectRateTracker) -> dict[str, Any]:

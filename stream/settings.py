@@ -75,9 +75,14 @@ class Settings:
     rewrite_max_neighbourhood: int = 64
     rewrite_personal_max_devices: int = 10_000
     rewrite_personal_max_states: int = 1_000
-    rewrite_decide_every: int = 1
-    """Chains learned between two re-decisions of the affected utterances; 1 = after every
-    chain (default)."""
+    rewrite_decide_every: int = 1_000
+    """Chains learned between two re-decisions of the affected utterances (and at the end of
+    every batch); 1 = after every chain."""
+    # --- batches ---
+    batch_events: int = 1_000
+    """In-process engine (replay): input events per batch. Estimates (one per key changed in
+    the batch) and pending rewrite decisions are published at the end of each batch and of
+    the stream, as the Kafka worker publishes them per consumer batch."""
     # --- drift ---
     drift_min_plays: int = 30
     """Plays of a key before its defect rate is watched for drift (ADWIN)."""
@@ -104,6 +109,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         # Checked when settings are built, so a command fails before it reads or connects.
+        if self.batch_events < 1:
+            raise SettingsError(f"{ENV_PREFIX}BATCH_EVENTS={self.batch_events}: expected >= 1")
         if self.dead_letter_raw not in ("", *DEAD_LETTER_RAW_MODES):
             raise SettingsError(f"{ENV_PREFIX}DEAD_LETTER_RAW={self.dead_letter_raw!r}: "
                                 f"expected one of {', '.join(DEAD_LETTER_RAW_MODES)}")

@@ -12,7 +12,7 @@ import pytest
 from stream.devices import end_watermark
 from stream.engine import FeedbackEngine
 from stream.rates import DefectRateTracker, RateStage
-from stream.records import CHAINS, DEAD_LETTER, DEFECT_RATES, RATE_UPDATES
+from stream.records import CHAINS, DEAD_LETTER, DEFECT_RATES, RATE_UPDATES, REWRITE_TRIGGERS
 from tests.scale import FULL
 from topologies.processors import (
     DeviceProcessor,
@@ -43,16 +43,22 @@ def replay_records(lines: list[bytes]) -> tuple[Counter, dict]:
 
 
 def canonical(outputs) -> tuple[Counter, dict]:
-    """Signal records as a multiset (dead letters without their source), and the final
-    defect-rate record per key."""
+    """Signal records as a multiset (dead letters without their source), the final
+    defect-rate record per key, and the final rewrite decision per trigger key (rewrites are
+    decided per batch: when they are published depends on where the batches end)."""
     signals: Counter = Counter()
     rates: dict = {}
+    decisions: dict = {}
     for out in outputs:
         if out.stream == DEFECT_RATES:
             rates[out.key] = out.record
+        elif out.stream == REWRITE_TRIGGERS:
+            decisions[out.key] = out.record["rewrite"]
         elif out.stream != RATE_UPDATES:
             record = {k: v for k, v in out.record.items() if k != "source"}
             signals[(out.stream, orjson.dumps(record, option=orjson.OPT_SORT_KEYS))] += 1
+    signals.update((REWRITE_TRIGGERS, orjson.dumps([key, rewrite])) for key, rewrite in
+                   decisions.items())
     return signals, rates
 
 
