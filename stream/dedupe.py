@@ -65,7 +65,6 @@ class SeenFilter:
         per_generation = fp_rate / generations
         self.n_bits = max(8, math.ceil(-capacity * math.log(per_generation) / math.log(2) ** 2))
         self.n_hashes = max(1, round(self.n_bits / capacity * math.log(2)))
-        self._hash_range = range(self.n_hashes)
         self.live: list[_Generation] = [_Generation(0, self.n_bits)]
         """Oldest first; the last one takes new items."""
         self.dropped: list[tuple[int, int]] = []
@@ -75,8 +74,9 @@ class SeenFilter:
         # Double hashing (Kirsch-Mitzenmacher) on the fingerprint's halves: small ints are
         # several times faster in Python than 64-bit products; the odd step visits distinct
         # bits.
+        # (start + i * step) % n for i < n_hashes, the products taken by range's stepping.
         start, step, n = fp & 0xFFFFFFFF, (fp >> 32) | 1, self.n_bits
-        return [(start + i * step) % n for i in self._hash_range]
+        return [x % n for x in range(start, start + self.n_hashes * step, step)]
 
     def __contains__(self, fp: int) -> bool:
         probes = self._probes(fp)
