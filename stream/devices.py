@@ -110,7 +110,8 @@ class DeviceStage:
         """Input partition of the event being processed (set by the caller)."""
         self.evidence = PartitionedEvidence(
             self.settings.pair_evidence_max_pairs,
-            self.settings.rephrase_window_ms + self.settings.allowed_lateness_ms)
+            self.settings.rephrase_window_ms + self.settings.allowed_lateness_ms,
+            self.settings.rephrase_model)
         """Collaborative rephrase evidence per input partition (``stream.pairs``)."""
 
     # -- events ----------------------------------------------------------------------------------

@@ -45,13 +45,16 @@ seen once among many is forgotten), counted in ``evictions``.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from stream.pair_model import LINK_FAILED, LINK_QUIET, HindsightModel
 from stream.session import DeviceState, TurnState
 
 SEP = "\x1f"  # unit separator: normalised utterances hold no control characters
 TABLES = ("pairs", "intents", "meanings")
+
 MEANING_SHARE = 0.6
 """An intent is what people mean by an utterance when it has this share of its fine plays."""
 PAIR_MIN, PAIR_FAILED = 2, 0.4
@@ -64,16 +67,22 @@ class PairEvidence:
     """The evidence of one partition: counts, a clock and pointers to waiting observations."""
 
     __slots__ = ("max_pairs", "pairs", "intents", "meanings", "clock", "observed", "failed",
-                 "evictions", "due", "orphans", "changed", "dropped", "track")
+                 "evictions", "due", "orphans", "changed", "dropped", "track", "model",
+                 "learn")
 
-    def __init__(self, max_pairs: int = 20_000) -> None:
+    def __init__(self, max_pairs: int = 20_000, learn: bool = False) -> None:
         self.max_pairs = max_pairs
+        self.learn = learn
+        """Train and use the model (``Settings.rephrase_model``)."""
         self.pairs: dict[str, list[Any]] = {}
         """``a SEP b`` -> [observations, ``a`` failed, ``b`` fine]."""
         self.intents: dict[str, list[Any]] = {}
         """``a SEP intent of b`` -> [observations, ``a`` failed]."""
         self.meanings: dict[str, list[Any]] = {}
         """``u`` -> [plays, fine plays, their commonest intent, its Misra-Gries count]."""
+        self.model = HindsightModel()
+        """The online classifier learned from this partition's pairs (``stream.pair_model``):
+        saved with the clock and totals (``snapshot_meta``)."""
         self.clock = 0
         self.observed = self.failed = 0
         """Observations counted, and those whose first request failed: the base rate."""
@@ -90,8 +99,13 @@ class PairEvidence:
         """Record changed and dropped rows for table writes (the Kafka worker)."""
 
     # -- counting --------------------------------------------------------------------------------
-    def count(self, a: str, b: str, b_intent: str, a_failed: bool, b_fine: bool) -> None:
-        """One final request ``b`` (``a`` = "" when no request came before it in the window)."""
+    def count(self, a: str, b: str, b_intent: str, a_failed: bool, b_fine: bool,
+              pair_x: list[float] | None = None) -> None:
+        """One final request ``b`` (``a`` = "" when no request came before it in the window;
+        ``pair_x``: what the pair looked like, ``TurnState.pair_x``). A pair with a hindsight
+        label (``stream.pair_model``) teaches the model first, on the counts before it."""
+        if self.learn and a and pair_x and (b_fine or not a_failed):
+            self.model.learn(self.features(a, b, b_intent, pair_x), a_failed)
         row = self._row("meanings", b, [0, 0, "", 0])
         row[0] += 1
         if b_fine and b_intent:
@@ -165,6 +179,34 @@ class PairEvidence:
             return 0.55
         return 0.0
 
+    def decide(self, a: str, b: str, b_intent: str | None, a_failed: bool,
+               pair_x: list[float]) -> float:
+        """The probability the link ``a`` -> ``b`` is published with, or 0.0: the model's
+        once it is warm (``LINK_FAILED`` / ``LINK_QUIET``), else the rules (``support``; never
+        a content-word swap in the same frame: "add milk ..." -> "add eggs ...")."""
+        if not (self.learn and self.model.warm):
+            return 0.0 if pair_x[2] else self.support(a, b, b_intent, a_failed)
+        p = self.model.proba(self.features(a, b, b_intent or "", pair_x))
+        return p if p >= (LINK_FAILED if a_failed else LINK_QUIET) else 0.0
+
+    def features(self, a: str, b: str, b_intent: str, pair_x: list[float]) -> dict[str, float]:
+        """The model's features (``stream.pair_model.FEATURES``): the pair's look, then its
+        collaborative statistics as lifts over this partition's failure base rate."""
+        base = self.failed / self.observed if self.observed else 0.0
+        pair = self.pairs.get(a + SEP + b)
+        meaning = self.meaning(a)
+        return {
+            "lex": pair_x[0],
+            "react": min(max(pair_x[1], 0.0), 20.0) / 20.0,
+            "frame": pair_x[2],
+            "pair": math.log1p(pair[0]) / 3.0 if pair else 0.0,
+            "pair_fail": _lift(pair, base),
+            "intent_fail": _lift(self.intents.get(a + SEP + b_intent) if b_intent else None,
+                                 base),
+            "meaning": 1.0 if (meaning is not None and meaning[0] == b_intent
+                               and meaning[1] >= MEANING_SHARE) else 0.0,
+        }
+
     def _follows_failures(self, row: list[Any] | None) -> bool:
         if row is None or not self.observed:
             return False
@@ -186,18 +228,24 @@ class PairEvidence:
         table: dict[str, list[Any]] = getattr(self, name)
         table[key] = list(row)
 
-    def snapshot_meta(self) -> list[int]:
-        return [self.clock, self.observed, self.failed, self.evictions]
+    def snapshot_meta(self) -> list[Any]:
+        """Clock, totals and the model's row: in Kafka they ride with the partition's
+        watermark entry, the last write of a batch, so a restored model is the one of the
+        restored input offset."""
+        meta = [self.clock, self.observed, self.failed, self.evictions]
+        return [*meta, *self.model.to_row()] if self.learn else meta
 
-    def restore_meta(self, meta: list[int]) -> None:
-        self.clock, self.observed, self.failed, self.evictions = meta
+    def restore_meta(self, meta: list[Any]) -> None:
+        self.clock, self.observed, self.failed, self.evictions = meta[:4]
+        if len(meta) > 4:  # state written before the model had none
+            self.model = HindsightModel.from_row(meta[4:])
 
     def to_dict(self) -> dict[str, Any]:
         return {"meta": self.snapshot_meta(), **{n: getattr(self, n) for n in TABLES}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], max_pairs: int = 20_000) -> PairEvidence:
-        ev = cls(max_pairs)
+        ev = cls(max_pairs, learn=len(data["meta"]) > 4)
         ev.restore_meta(data["meta"])
         for name in TABLES:
             for key, row in data[name].items():
@@ -208,8 +256,9 @@ class PairEvidence:
 class PartitionedEvidence:
     """``PairEvidence`` per input partition, fed from and applied to the device states."""
 
-    def __init__(self, max_pairs: int, delay_ms: int) -> None:
+    def __init__(self, max_pairs: int, delay_ms: int, learn: bool = False) -> None:
         self.max_pairs = max_pairs
+        self.learn = learn
         self.delay_ms = delay_ms
         """Window + allowed lateness: when an observation's request is final everywhere."""
         self.parts: dict[int, PairEvidence] = {}
@@ -218,26 +267,15 @@ class PartitionedEvidence:
     def partition(self, part: int) -> PairEvidence:
         ev = self.parts.get(part)
         if ev is None:
-            ev = self.parts[part] = PairEvidence(self.max_pairs)
+            ev = self.parts[part] = PairEvidence(self.max_pairs, self.learn)
             ev.track = self.track
         return ev
-
-    def note_previous(self, pending: list[TurnState], at: int, new: TurnState,
-                      window_ms: int, failed: Callable[[TurnState], bool]) -> None:
-        """Remember the device's previous request within the window (stop turns skipped)."""
-        for i in range(at - 1, -1, -1):
-            a = pending[i]
-            if new.ts - a.ts > window_ms:
-                return
-            if not a.stop_turn:
-                new.pair_prev, new.pair_prev_failed = a.norm, failed(a)
-                return
 
     def observe(self, st: DeviceState, turn: TurnState, fine: bool) -> None:
         """``turn`` is final: its observation waits on the device until it is due."""
         due = turn.ts + self.delay_ms
         st.observations.append([due, turn.pair_prev or "", turn.norm, turn.intent or "",
-                                int(turn.pair_prev_failed), int(fine)])
+                                int(turn.pair_prev_failed), int(fine), *(turn.pair_x or ())])
         heapq.heappush(self.partition(st.partition).due, (due, st.device_id))
 
     def advance(self, ev: PairEvidence, ts: int, devices: Mapping[str, DeviceState],
@@ -257,7 +295,7 @@ class PartitionedEvidence:
             keep = []
             for obs in sorted(waiting):
                 if obs[0] < ts:
-                    ev.count(obs[1], obs[2], obs[3], bool(obs[4]), bool(obs[5]))
+                    ev.count(obs[1], obs[2], obs[3], bool(obs[4]), bool(obs[5]), obs[6:9])
                 else:
                     keep.append(obs)
             if keep:  # still waiting: a pointer of their own (one restored device has one)
@@ -289,3 +327,11 @@ class PartitionedEvidence:
         if st.observations:
             due = min(obs[0] for obs in st.observations)
             heapq.heappush(self.partition(st.partition).due, (due, st.device_id))
+
+
+def _lift(row: list[Any] | None, base: float) -> float:
+    """How much more often than ``base`` the row's observations followed a failure of ``a``
+    (smoothed towards ``base`` with 2 pseudo-observations; 0 without a row)."""
+    if row is None:
+        return 0.0
+    return (row[1] + 2 * base) / (row[0] + 2) - base

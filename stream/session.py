@@ -48,6 +48,9 @@ class TurnState:
     """The device's previous request within the window (normalised), for pair evidence."""
     pair_prev_failed: bool = False
     """Whether that request showed a failure independent of rephrase decisions."""
+    pair_x: list[float] | None = None
+    """What the pair looked like when this turn came: [lexical score, seconds from that
+    request's response to this turn, a content-word swap in the same frame (1/0)]."""
 
     def add_signal(self, signal: str) -> None:
         if signal not in self.signals:
@@ -85,7 +88,7 @@ class DeviceState:
     in hindsight, when the chain's last turn is final."""
     observations: list[list[Any]] = dataclasses.field(default_factory=list)
     """Final requests waiting to join the pair evidence (``stream.pairs``): [due, previous
-    request, request, intent, previous failed, fine]."""
+    request, request, intent, previous failed, fine, *pair_x of the request]."""
 
     def remember(self, event_id: str, ts: int, horizon: int, capacity: int) -> None:
         """Remember ``event_id``; forget ids older than ``horizon`` (from the oldest

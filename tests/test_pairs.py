@@ -7,12 +7,15 @@ from __future__ import annotations
 from collections import Counter
 
 import orjson
+import pytest
 
 from stream.datasets import phrasings
 from stream.engine import FeedbackEngine
+from stream.pair_model import FEATURES
 from stream.pairs import PairEvidence
 from stream.partition import murmur2, partition_of
 from stream.records import REPHRASES, REWRITE_TRIGGERS
+from stream.settings import Settings
 from tests.test_processors import canonical, replay_records, run_pipeline, to_messages
 
 ALARM = ("wake me up at seven", "set an alarm for 7 am")
@@ -46,11 +49,13 @@ def test_memory_is_bounded_and_heavy_hitters_stay():
     assert ev.pairs["heavy\x1fhitter"][0] == 1_000 and ev.evictions > 0
 
 
-def test_snapshot_round_trip():
-    ev = PairEvidence()
+@pytest.mark.parametrize("learn", [False, True])
+def test_snapshot_round_trip(learn: bool) -> None:
+    ev = PairEvidence(learn=learn)
     ev.count("", ALARM[0], "alarm", False, True)
-    ev.count(*ALARM, "alarm", True, True)
+    ev.count(*ALARM, "alarm", True, True, [0.2, 1.5, 0.0])  # teaches the model
     ev.clock = 123
+    assert ev.model.learned == learn
     data = orjson.loads(orjson.dumps(ev.to_dict()))
     assert PairEvidence.from_dict(data).to_dict() == ev.to_dict()
 
@@ -68,12 +73,44 @@ def population_lines() -> list[bytes]:
     return [line for line, _ in phrasings.generate(5_000, 120, seed=9)]
 
 
-def test_evidence_links_what_words_alone_do_not():
-    lines = population_lines()
-    eng = FeedbackEngine()
+def rephrase_links(lines: list[bytes], model: bool = False
+                   ) -> tuple[set[tuple[str, str]], FeedbackEngine]:
+    eng = FeedbackEngine(Settings(rephrase_model=model))
     outs = [o for line in lines for o in eng.process(line)] + eng.flush()
-    scores = [o.record["score"] for o in outs if o.stream == REPHRASES]
-    assert sum(s in (0.55, 0.6) for s in scores) > 100  # links decided on evidence
+    return {(o.record["event_id"], o.record["rephrase_of"]) for o in outs
+            if o.stream == REPHRASES}, eng
+
+
+@pytest.mark.parametrize("model", [False, True])
+def test_evidence_links_what_words_alone_do_not(monkeypatch: pytest.MonkeyPatch,
+                                                model: bool) -> None:
+    lines = population_lines()
+    with_evidence, eng = rephrase_links(lines, model)
+    # With the model on, every partition's model learned from the stream's hindsight labels
+    # and decides now; off, none learns.
+    models = [ev.model for ev in eng.stage1.devices.evidence.parts.values()]
+    assert len(models) == 4 and all(m.warm == model for m in models)
+    monkeypatch.setattr(PairEvidence, "decide", lambda self, *args: 0.0)
+    words_alone, _ = rephrase_links(lines, model)
+    assert len(with_evidence) > len(words_alone) + 100
+
+
+def test_hindsight_labels_teach_the_model():
+    ev = PairEvidence(learn=True)
+    look = [0.1, 1.0, 0.0]  # lexical score, seconds after the response, no frame swap
+    ev.count(*ALARM, "alarm", True, True, look)  # a failed visibly, b went fine: positive
+    ev.count("what time is it", "who made you", "who_made_you", False, True, look)  # negative
+    ev.count(*ALARM, "alarm", True, False, look)  # both failed: no label
+    ev.count(*ALARM, "alarm", True, True)  # no look recorded (an older state): not learned
+    assert ev.model.learned == 2
+    # What the stream taught: quick reactions and intents that follow failures of ``a``
+    # mean a restatement; a pair of the rejected kind stays below the link thresholds.
+    _, eng = rephrase_links(population_lines(), model=True)
+    for part in eng.stage1.devices.evidence.parts.values():
+        weights = dict(zip(FEATURES, part.model.to_row()[2:], strict=True))
+        assert weights["react"] < 0 < weights["intent_fail"] and weights["lex"] > 0, weights
+        assert part.decide("what time is it", "who made you", "who_made_you", False,
+                           [0.0, 12.0, 0.0]) == 0.0
 
 
 def without_global_rewrites(view: tuple[Counter, dict]) -> tuple[Counter, dict, set]:
@@ -90,11 +127,13 @@ def without_global_rewrites(view: tuple[Counter, dict]) -> tuple[Counter, dict, 
     return signals, rates, rewritten
 
 
-def test_partitioned_pipeline_with_restarts_equals_replay_on_evidence_links():
+@pytest.mark.parametrize("model", [False, True])
+def test_partitioned_pipeline_with_restarts_equals_replay_on_evidence_links(model: bool) -> None:
     lines = population_lines()
-    expected = without_global_rewrites(replay_records(lines))
+    expected = without_global_rewrites(replay_records(lines, rephrase_model=model))
     for restart_every in (None, 900):
-        outputs, _, _ = run_pipeline(to_messages(lines), restart_every=restart_every)
+        outputs, _, _ = run_pipeline(to_messages(lines), restart_every=restart_every,
+                                     rephrase_model=model)
         assert without_global_rewrites(canonical(outputs)) == expected, restart_every
 
 

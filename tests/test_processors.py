@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -13,6 +14,7 @@ from stream.devices import end_watermark
 from stream.engine import FeedbackEngine
 from stream.rates import DefectRateTracker, RateStage
 from stream.records import CHAINS, DEAD_LETTER, DEFECT_RATES, RATE_UPDATES, REWRITE_TRIGGERS
+from stream.settings import Settings
 from tests.scale import FULL
 from topologies.processors import (
     DeviceProcessor,
@@ -36,8 +38,8 @@ def sample_lines() -> list[bytes]:
     return [line for line in SAMPLE.read_bytes().splitlines() if line.strip()]
 
 
-def replay_records(lines: list[bytes]) -> tuple[Counter, dict]:
-    eng = FeedbackEngine()
+def replay_records(lines: list[bytes], **settings: Any) -> tuple[Counter, dict]:
+    eng = FeedbackEngine(Settings(**settings))
     outs = [o for line in lines for o in eng.process(line)] + eng.flush()
     return canonical(outs)
 
@@ -83,10 +85,10 @@ def to_messages(lines: list[bytes]) -> list[Message]:
     return msgs
 
 
-def run_pipeline(msgs: list[Message], restart_every: int | None = None):
+def run_pipeline(msgs: list[Message], restart_every: int | None = None, **overrides: Any):
     """All stages as the Faust app wires them, with dicts as tables; ``restart_every``
     messages the processors are replaced by fresh ones over the same tables."""
-    settings = KafkaSettings(partitions=PARTITIONS)
+    settings = KafkaSettings(partitions=PARTITIONS, **overrides)
     tables: dict[str, dict] = {"devices": {}, "rates": {}, "personal": {}, "global": {}}
 
     def fresh():
