@@ -24,6 +24,7 @@ from bench.common import Options, Progress, Row, log
 from stream.engine import FeedbackEngine
 from stream.failure import FAILURE_POINTS
 from stream.records import BARGE_INS, DEAD_LETTER, DEFECT_RATES, DEFECTS, REPHRASES
+from stream.settings import Settings
 
 TARGETS = {"rephrase_f1": 0.95, "rephrase_precision": 0.95, "defect_f1": 0.93,
            "failure_point_accuracy": 0.85, "global_rewrites_found": 0.9,
@@ -52,7 +53,8 @@ def populations(opts: Options) -> list[tuple[str, list[bytes], list[dict[str, An
 
 def replay(lines: list[bytes], label: str, progress: bool
            ) -> tuple[dict[str, list[dict[str, Any]]], FeedbackEngine]:
-    eng = FeedbackEngine()
+    # FEEDBACK_STREAM_* overrides apply (e.g. FEEDBACK_STREAM_REPHRASE_MODEL=1).
+    eng = FeedbackEngine(Settings.from_env())
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     bar = Progress(f"replay {label}", len(lines), progress)
     for n, line in enumerate(lines, 1):
@@ -211,7 +213,8 @@ def run(opts: Options) -> tuple[dict[str, Any], dict[str, Any], list[Row]]:
     results: dict[str, Any] = {}
     rows: list[Row] = []
     params = {"seed": opts.seed, "events": opts.pick(40_000, 12_000), "targets": TARGETS,
-              "failure_points": list(FAILURE_POINTS)}
+              "failure_points": list(FAILURE_POINTS),
+              "rephrase_model": Settings.from_env().rephrase_model}
     for name, lines, truths in populations(opts):
         log(f"{name}: {len(lines):,} lines")
         out, eng = replay(lines, name, opts.progress)

@@ -247,11 +247,13 @@ class Rephrase(Detector):
             if new.ts - a.ts > self.settings.rephrase_window_ms:
                 return
             if not a.stop_turn:
+                new.pair_prev = a.norm
+                new.pair_prev_failed = failed_visibly(a, self.settings)
+                if a.rephrased_by is not None and not (ctx.evidence and ctx.evidence.learn):
+                    return  # no candidate and no model to teach: nothing to score
                 x = self.scorer.features(a, new.norm, new.intent, new.ts - a.ts, new.domain)
                 p = self.scorer.predict_proba_one(x)[True]
                 self._lexical = (a, new, x, p)
-                new.pair_prev = a.norm
-                new.pair_prev_failed = failed_visibly(a, self.settings)
                 # Rounded: the same value in the replay and in a device state read back.
                 new.pair_x = [round(p, 4), round((new.ts - (a.tts_end_ts or a.ts)) / 1000, 3),
                               float(bool(x["swap"] and x["token"] >= FRAME_OVERLAP))]

@@ -61,6 +61,9 @@ PAIR_MIN, PAIR_FAILED = 2, 0.4
 """A pair that recurred this often, this often after a failure of its first request."""
 LIFT = 0.05
 """How much more often than the base rate an intent must follow failures of ``a``."""
+QUICK_S, QUICK_LIFT = 5.0, 0.2
+"""A quick reaction to a visible failure (seconds after the response ended) with an intent
+that follows failures of ``a`` this much more often than the base rate."""
 
 
 class PairEvidence:
@@ -159,14 +162,19 @@ class PairEvidence:
             return None
         return row[2], row[3] / row[1]
 
-    def support(self, a: str, b: str, b_intent: str | None, a_failed: bool) -> float:
+    def support(self, a: str, b: str, b_intent: str | None, a_failed: bool,
+                reaction_s: float | None = None) -> float:
         """Evidence that ``b`` (the device's next request within the window) restates ``a``:
         0.0 (none), or the probability the link is published with.
 
         - ``b`` got the intent people mean by ``a`` (``MEANING_SHARE``), and ``a`` visibly
           failed now or that intent follows failures of ``a`` more often than requests follow
           failures in this partition (``LIFT``, smoothed towards the base rate);
-        - or the pair itself recurred (``PAIR_MIN``) mostly after failures of ``a``.
+        - or the pair itself recurred (``PAIR_MIN``) mostly after failures of ``a``;
+        - or ``a`` visibly failed now, ``b`` came within ``QUICK_S`` of its response
+          (``reaction_s``) and the intent ``b`` got follows failures of ``a`` clearly more often
+          than requests follow failures (``QUICK_LIFT``): "i need alarmz set for 6am" (misheard,
+          never understood, so it has no meaning) -> "create alarm".
 
         The caller rules out a new slot value in the same frame ("add milk" -> "add eggs")."""
         meaning = self.meaning(a)
@@ -177,6 +185,10 @@ class PairEvidence:
         row = self.pairs.get(a + SEP + b)
         if row is not None and row[0] >= PAIR_MIN and row[1] >= PAIR_FAILED * row[0]:
             return 0.55
+        if (a_failed and b_intent and reaction_s is not None and reaction_s <= QUICK_S
+                and self.observed and _lift(self.intents.get(a + SEP + b_intent),
+                                            self.failed / self.observed) >= QUICK_LIFT):
+            return 0.55
         return 0.0
 
     def decide(self, a: str, b: str, b_intent: str | None, a_failed: bool,
@@ -185,7 +197,7 @@ class PairEvidence:
         once it is warm (``LINK_FAILED`` / ``LINK_QUIET``), else the rules (``support``; never
         a content-word swap in the same frame: "add milk ..." -> "add eggs ...")."""
         if not (self.learn and self.model.warm):
-            return 0.0 if pair_x[2] else self.support(a, b, b_intent, a_failed)
+            return 0.0 if pair_x[2] else self.support(a, b, b_intent, a_failed, pair_x[1])
         p = self.model.proba(self.features(a, b, b_intent or "", pair_x))
         return p if p >= (LINK_FAILED if a_failed else LINK_QUIET) else 0.0
 
