@@ -120,10 +120,12 @@ def without_global_rewrites(view: tuple[Counter, dict]) -> tuple[Counter, dict, 
     signals, rates = view
     rewritten = set()
     for stream, blob in list(signals):
-        record = orjson.loads(blob)
-        if stream == REWRITE_TRIGGERS and record["layer"] == "global":
+        if stream != REWRITE_TRIGGERS:
+            continue
+        key, _ = orjson.loads(blob)  # canonical(): [trigger key, final rewrite]
+        if key.startswith("global:"):
             del signals[(stream, blob)]
-            rewritten.add(record["utterance"])
+            rewritten.add(key.removeprefix("global:"))
     return signals, rates, rewritten
 
 
