@@ -14,15 +14,17 @@ The label is the instance's own visible failure, so the features exclude it (and
 is made of: confidences, barge-ins, feedback). What is left is what the pair *looks like*: its
 lexical score (``RephraseScorer``), how soon ``b`` reacted, whether it swaps content words in
 the same frame, and the collaborative statistics of the partition (how often the pair and the
-intent ``b`` got followed failures of ``a``, whether ``b`` got what people mean by ``a``, how
-often ``a`` and ``b`` fail). The classifier (river's ``LogisticRegression``) thus learns which
+intent ``b`` got followed failures of ``a``, whether ``b`` got what people mean by ``a``; not
+how often ``a`` itself fails: that feature predicted the label alone and taught the model
+nothing about pairs). The classifier (river's ``LogisticRegression``) thus learns which
 pairs *typically* come after a failure, and then links pairs of that kind even after a failure
 nothing made visible (a confident wrong answer), and leaves follow-ups of successes alone.
 
-Deciding (``RephraseModel.decide`` in ``stream.pairs``): a candidate the lexical scorer rejects
-is linked when the model's probability reaches ``LINK_FAILED`` (``a`` failed visibly now) or
-``LINK_QUIET`` (it did not). Until the model has learned from ``WARM`` labelled pairs, the
-partition falls back to the evidence rules (``PairEvidence.support``): the cold start.
+Deciding (``PairEvidence.decide`` in ``stream.pairs``, with ``Settings.rephrase_model`` on):
+a candidate the lexical scorer rejects is linked when the model's probability reaches
+``LINK_FAILED`` (``a`` failed visibly now) or ``LINK_QUIET`` (it did not). Until the model has
+learned from ``WARM`` labelled pairs, the partition falls back to the evidence rules
+(``PairEvidence.support``): the cold start.
 
 **Determinism and state**: observations join in an order that depends on event time only (see
 ``stream.pairs``), and river's SGD with constant learning rates is plain float arithmetic in a

@@ -13,7 +13,9 @@ nothing visibly went wrong. Across many devices:
   another intent;
 - the same ordered pair recurs, mostly after failures of ``a``.
 
-``support`` turns that into a probability for the device's previous request; the lexical
+``support`` turns that into a probability for the device's previous request (or, with
+``Settings.rephrase_model``, an online classifier trained on hindsight labels decides once
+warm: ``stream.pair_model``); the lexical
 scorer (``stream.detectors.RephraseScorer``) still decides alone when there is no evidence (a
 cold start, a rare pair) and for older candidates.
 
