@@ -16,7 +16,8 @@ false_wake          No rephrase; the utterance is near-empty (one word of at mos
 asr                 With a rephrase: it substitutes words for ones that sound or look alike
                     (both sides have content words the other lacks, not a ``swap``, and
                     metaphone similarity >= ``asr_phonetic`` or char similarity >= ``asr_char``
-                    or the original's ASR confidence was low). Without one: the original's ASR
+                    or the original's ASR confidence was low), or the rephrase was heard
+                    ``asr_margin`` more confidently. Without one: the original's ASR
                     confidence is below ``low_asr_confidence``.
                     *Limits*: ASR dropping a word ("play taylor" for "play taylor swift") is
                     taken for entity resolution; a user fixing their own slip blames ASR.
@@ -37,10 +38,11 @@ unknown             Anything else, e.g. a rephrase where an intent is missing.
 
 **Hindsight** (``attribute_in_hindsight``): a defective turn whose rephrase chain ends in a
 turn that went well is decided when the chain ends, against that turn rather than its
-immediate rephrase: low ASR confidence or a sound-alike fix -> ``asr``; another intent ->
-``nlu``; the same intent with other slot values -> ``entity_resolution``; same intent and
-slots -> ``result``. A chain that ends in a failure keeps the table's guess with the turn's
-own rephrase; a turn without a rephrase is decided by the table when it is final.
+immediate rephrase: low ASR confidence, a fix heard ``asr_margin`` more confidently or a
+sound-alike fix -> ``asr``; another intent -> ``nlu``; the same intent with other slot values
+-> ``entity_resolution``; same intent and slots -> ``result``. A chain that ends in a failure
+keeps the table's guess with the turn's own rephrase; a turn without a rephrase is decided by
+the table when it is final.
 
 Pipeline order decides ties: a misheard word usually also yields a wrong or unknown intent, and
 the seed names the *earliest* component, so ASR is checked before NLU. Deterministic: only the
@@ -80,6 +82,8 @@ class FailureThresholds:
     false_wake_max_chars: int = 8
     asr_phonetic: float = 0.5
     asr_char: float = 0.75
+    asr_margin: float = 0.2
+    """The turn that worked (or the rephrase) was heard this much more confidently: ASR."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FailureThresholds:
@@ -137,7 +141,8 @@ def attribute_in_hindsight(turn: TurnState, fixed: TurnState,
     'entity_resolution'
     """
     th = thresholds or FailureThresholds()
-    if _below(turn.asr_confidence, th.low_asr_confidence) or _sounds_alike(turn, fixed, th):
+    if (_below(turn.asr_confidence, th.low_asr_confidence) or _heard_better(turn, fixed, th)
+            or _sounds_alike(turn, fixed, th)):
         return ASR
     if not _known(fixed.intent):
         return attribute(turn, fixed, th)
@@ -146,6 +151,13 @@ def attribute_in_hindsight(turn: TurnState, fixed: TurnState,
     if (turn.slots or {}) != (fixed.slots or {}):
         return ENTITY_RESOLUTION
     return RESULT
+
+
+def _heard_better(turn: TurnState, other: TurnState, th: FailureThresholds) -> bool:
+    """The other turn's ASR confidence is ``asr_margin`` above this one's: this one was
+    misheard, even at a confidence that is not low on its own."""
+    return (turn.asr_confidence is not None and other.asr_confidence is not None
+            and other.asr_confidence - turn.asr_confidence >= th.asr_margin)
 
 
 def _sounds_alike(turn: TurnState, other: TurnState, th: FailureThresholds) -> bool:
@@ -180,6 +192,8 @@ def attribute(turn: TurnState, rephrase: TurnState | None = None,
         if not sim["swap"] and (sounds_alike
                                 or _below(turn.asr_confidence, th.low_asr_confidence)):
             return ASR
+    if _heard_better(turn, rephrase, th):
+        return ASR
     if turn.intent is not None and not _known(turn.intent):
         return NLU
     if _below(turn.nlu_confidence, th.low_nlu_confidence):

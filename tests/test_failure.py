@@ -162,3 +162,17 @@ def test_unresolved_chain_keeps_the_guess_made_with_its_own_rephrase() -> None:
         TurnState("a", 0, "call tom", "call tom", intent="call", asr_confidence=0.9,
                   nlu_confidence=0.9, signals=["barge_in", "rephrased"]),
         TurnState("b", 1, "call tom please", "call tom please", intent="call"))
+
+
+def test_a_turn_heard_much_less_confidently_than_its_fix_is_blamed_on_asr() -> None:
+    from stream.failure import attribute_in_hindsight
+
+    misheard = turn("i need alarmz set for 6am", asr_confidence=0.58, intent="recipe",
+                    nlu_confidence=0.5, signals=["rephrased"])
+    fix = turn("create alarm", 5_000, asr_confidence=0.95, intent="alarm", nlu_confidence=0.9)
+    assert attribute_in_hindsight(misheard, fix) == "asr"
+    assert attribute(misheard, fix) == "asr"
+    # Heard about as confidently as the fix: the words were right, the intent was not.
+    heard = turn("i need alarms set for 6am", asr_confidence=0.9, intent="recipe",
+                 nlu_confidence=0.5, signals=["rephrased"])
+    assert attribute_in_hindsight(heard, fix) == "nlu" == attribute(heard, fix)
