@@ -166,6 +166,66 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@dataclasses.dataclass
+class ConsumerRun:
+    """A do-nothing consumer app timed by its markers (``bench.faust_apps``): epoch seconds of
+    its start, of its first record and of its last."""
+
+    started: float
+    first: float
+    last: float
+
+    def rate(self, records: int) -> float:
+        """Records per second from the first record to the last (start-up excluded)."""
+        return records / max(self.last - self.first, 1e-3)
+
+
+def time_consumer_app(pipe: Pipeline, app: str, expected: int, timeout_s: float = 600.0,
+                      ) -> ConsumerRun:
+    """Run ``bench.faust_apps:<app>`` over the pipeline's input topic (its own consumer group,
+    from the earliest offset) until it has seen ``expected`` records; then stop it."""
+    import subprocess
+    import sys
+
+    from bench.faust_apps import DONE_TOPIC_ENV, EXPECTED_ENV
+    from topologies.broker import free_port
+    from topologies.kafka_io import create_topics
+    from topologies.runner import settings_env
+
+    done = f"bench-done-{app}"
+    create_topics(pipe.bootstrap, {done: 1})
+    state_dir = tempfile.mkdtemp(prefix=f"bench-{app}-")
+    settings = dataclasses.replace(pipe.settings, web_port=free_port(), state_dir=state_dir)
+    env = {**os.environ, **settings_env(settings), DONE_TOPIC_ENV: done,
+           EXPECTED_ENV: str(expected)}
+    log_path = os.path.join(state_dir, "worker.log")
+    started = time.time()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "faust", "-A", f"bench.faust_apps:{app}",
+                                 "worker", "-l", "warn"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            with open(log_path, errors="replace") as fh:
+                raise RuntimeError(f"{app} exited with {proc.returncode}:\n{fh.read()[-3000:]}")
+
+    try:
+        logs = read_until_idle(pipe.bootstrap, [done], keep={done}, idle_s=0.0,
+                               timeout_s=timeout_s, alive=alive,
+                               done=lambda lg: any(k == b"last" for k, _, _ in lg[done].records))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    marks = {key: ts / 1000.0 for key, _, ts in logs[done].records}
+    return ConsumerRun(started, marks[b"first"], marks[b"last"])
+
+
 def probe_line(n: int, ts: int) -> bytes:
     """A turn the device reports as barged in: the worker emits a barge-in as soon as it
     processes it. ``ts`` precedes the stream, so it finalises nothing of it."""

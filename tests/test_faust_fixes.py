@@ -31,7 +31,11 @@ if str(ROOT) not in sys.path:  # when run as the worker script
     sys.path.insert(0, str(ROOT))
 
 from topologies.faust_fixes import (  # noqa: E402
+    CHUNK_SCHEME,
     broker_settings_for_tansu,
+    chunk_topics,
+    chunks,
+    install_chunk_transport,
     install_fetch_max_wait,
     install_recovery_seek_fix,
     recovery_seek_fix_installed,
@@ -43,6 +47,8 @@ PARTITIONS = 4
 DEVICES = 20
 TOTAL = 2_000
 CFG_ENV = "FEEDBACK_STREAM_TEST_FAUST_CFG"
+CHUNK_RECORDS = 50
+"""Small chunks for the chunk transport: a fetch is cut in several, kills land between them."""
 
 
 # --- the worker ------------------------------------------------------------------------------
@@ -52,14 +58,29 @@ def build_app(cfg: dict[str, Any]) -> Any:
     settings = broker_settings_for_tansu()
     if os.environ.get("FEEDBACK_STREAM_TEST_NORMAL_BATCHES"):  # to measure what it is for
         del settings["producer_max_batch_size"]
+    chunked = cfg.get("transport") == CHUNK_SCHEME
+    if chunked:
+        install_chunk_transport()
     app = faust.App(
-        cfg["app_id"], broker=f"kafka://{cfg['bootstrap']}", store="memory://",
+        cfg["app_id"], broker=f"{cfg.get('transport', 'kafka')}://{cfg['bootstrap']}",
+        store="memory://",
         datadir=cfg["datadir"], web_port=cfg["web_port"], web_bind="127.0.0.1",
         web_host="127.0.0.1", topic_partitions=PARTITIONS, producer_linger=0.005, **settings)
     source = app.topic(cfg["input"], key_serializer="raw", value_serializer="raw")
     echo = app.topic(cfg["output"], key_serializer="raw", value_serializer="raw")
     counts = app.Table("counts", default=int, key_type=str, value_type=int,
                        partitions=PARTITIONS)
+
+    if chunked:
+        chunk_topics(app, [cfg["input"]], max_records=CHUNK_RECORDS)
+
+        @app.agent(source)
+        async def count_chunks(stream: Any) -> None:
+            async for chunk in chunks(stream):
+                for record in chunk.records:
+                    counts[record.key.decode()] += 1
+                    await echo.send(key=record.key, value=record.value)
+        return app
 
     @app.agent(source)
     async def count(stream: Any) -> None:
@@ -193,14 +214,17 @@ def run_workers(cfg: dict[str, Any], tmp: Path, run: str, lines: list[str], echo
     return first, second
 
 
-def restart_round(bootstrap: str, tmp: Path, label: str) -> dict[str, Any]:
-    """One produce / kill / restart / produce cycle; returns what it measured."""
+def restart_round(bootstrap: str, tmp: Path, label: str, transport: str = "kafka",
+                  ) -> dict[str, Any]:
+    """One produce / kill / restart / produce cycle over ``transport`` (a broker URL scheme);
+    returns what it measured."""
     from topologies.broker import free_port
     from topologies.kafka_io import create_topics, read_topic
 
     run = f"{label}-{uuid.uuid4().hex[:8]}"
     cfg = {"app_id": f"faustfix-{run}", "bootstrap": bootstrap, "input": f"in-{run}",
-           "output": f"echo-{run}", "web_port": free_port(), "datadir": str(tmp / run)}
+           "output": f"echo-{run}", "web_port": free_port(), "datadir": str(tmp / run),
+           "transport": transport}
     create_topics(bootstrap, {cfg["input"]: PARTITIONS, cfg["output"]: PARTITIONS})
     lines = [orjson.dumps({"device_id": f"dev-{i % DEVICES}", "seq": i}).decode()
              for i in range(TOTAL)]
@@ -295,9 +319,14 @@ def test_recovery_fix_is_idempotent_and_seeks_before_resuming() -> None:
 
 @pytest.mark.kafka
 @pytest.mark.timeout(240)
-def test_worker_restart_mid_stream_counts_exactly(broker: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["kafka", CHUNK_SCHEME])
+def test_worker_restart_mid_stream_counts_exactly(broker: Any, tmp_path: Path,
+                                                  transport: str) -> None:
+    """Stock Faust (``kafka://``) and the worker's chunk transport (``chunks://``: offsets
+    committed per finished chunk, Faust's per-record acks bypassed): every event echoed
+    exactly once and counted exactly once across a restart mid-stream."""
     for attempt in range(2):
-        m = restart_round(broker.bootstrap, tmp_path, f"r{attempt}")
+        m = restart_round(broker.bootstrap, tmp_path, f"r{attempt}", transport)
         report = {k: v for k, v in m.items() if k != "logs"}
         print(f"restart round {attempt}: {report}")
         assert not m["lost"] and not m["duplicated"] and not m["count_errors"], (

@@ -14,6 +14,9 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
 - ``producer_backpressure``: Faust's producer-buffer waits counted as metrics, not logged.
 - ``fetch_holes``: records fetched but never delivered to the streams (the positions moved on
   past them after a rebalance) are fetched again instead of committed over as a gap.
+- ``chunk_transport``: Faust hands agents one event per record (~80 us each); the ``chunks://``
+  transport hands them one per fetched partition chunk, offsets committed exactly (measured
+  by the benchmark; the worker does not use it yet, see docs/operations.md).
 - ``consumer_internals``: the only reads of Faust's private per-partition consumer offsets.
 
 ``topologies.app`` installs them; nothing else in the app touches Faust internals.
@@ -23,6 +26,13 @@ from topologies.faust_fixes.broker_offsets import (
     BrokerLostOffsets,
     OffsetGuard,
     install_offset_guard,
+)
+from topologies.faust_fixes.chunk_transport import (
+    CHUNK_SCHEME,
+    ChunkMessage,
+    chunk_topics,
+    chunks,
+    install_chunk_transport,
 )
 from topologies.faust_fixes.consumer_internals import committed_offsets, read_offset
 from topologies.faust_fixes.fetch_holes import install_fetch_hole_rewind
@@ -37,11 +47,16 @@ from topologies.faust_fixes.startup_logging import stop_debug_logging_after_star
 from topologies.faust_fixes.tansu_settings import broker_settings_for_tansu
 
 __all__ = [
+    "CHUNK_SCHEME",
     "BrokerLostOffsets",
+    "ChunkMessage",
     "OffsetGuard",
     "broker_settings_for_tansu",
+    "chunk_topics",
+    "chunks",
     "committed_offsets",
     "install_backpressure_metrics",
+    "install_chunk_transport",
     "install_fetch_hole_rewind",
     "install_fetch_max_wait",
     "install_offset_guard",
