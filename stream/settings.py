@@ -80,11 +80,11 @@ class Settings:
     rewrite_max_neighbourhood: int = 64
     rewrite_personal_max_devices: int = 10_000
     rewrite_personal_max_states: int = 1_000
-    rewrite_decide_every: int = 1_000
+    rewrite_decide_every: int = 5_000
     """Chains learned between two re-decisions of the affected utterances (and at the end of
     every batch); 1 = after every chain."""
     # --- batches ---
-    batch_events: int = 1_000
+    batch_events: int = 5_000
     """In-process engine (replay): input events per batch. Estimates (one per key changed in
     the batch) and pending rewrite decisions are published at the end of each batch and of
     the stream, as the Kafka worker publishes them per consumer batch."""
