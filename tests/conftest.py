@@ -21,6 +21,10 @@ if _ROOT not in sys.path:
 
 from topologies.broker import BrokerError, EmbeddedBroker  # noqa: E402
 
+# Shared checkers assert behaviour too; pytest rewrites the asserts of test modules only unless
+# told, and a failing plain assert would not show the values it compared.
+pytest.register_assert_rewrite("tests.rewrite_chains")
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that takes the broker fixture without the ``kafka`` marker would run in the core
