@@ -5,9 +5,10 @@ barge-ins, stop follow-ups, explicit feedback, unknown requests, personal phrasi
 negatives (related follow-ups that are not rephrases). Every line comes with a truth dict that
 follows the detector's definitions, so detectors can be scored exactly. Pure Python, no Kafka.
 
-Modules: ``vocab`` (constants, behaviour probabilities, request tables), ``sim`` (the
-simulation), ``generator`` (``generate``, malformed lines, summary, CLI). This package face
-re-exports their public names; ``python -m stream.datasets.synth`` is the command line.
+Modules: ``vocab`` (constants, behaviour probabilities, request tables), ``records`` (the
+devices, sessions and turns the simulation fills), ``sim`` (the simulation), ``generator``
+(``generate``, malformed lines, summary, CLI). This package face re-exports their public names;
+``python -m stream.datasets.synth`` is the command line.
 
 >>> pairs = list(generate(300, 12, seed=1, malformed=4))
 >>> len(pairs), sum(1 for _, t in pairs if "malformed" in t), "watermark" in pairs[-1][1]

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from stream.datasets.synth import vocab
+from stream.datasets.synth.records import Device, Session, Turn
 
 
 def failure_point(fail: str | None, q: vocab.Req) -> str | None:
@@ -51,7 +52,7 @@ class Simulation:
         i = bisect.bisect(self.cum, self.r.random() * self.cum[-1])
         return self.vocab[min(i, len(self.vocab) - 1)]  # float rounding can reach the total
 
-    def _device(self, i: int) -> vocab.Device:
+    def _device(self, i: int) -> Device:
         r = self.r
         kind = r.choices(("speaker", "screen", "car", "tv"), (55, 20, 15, 10))[0]
         locale = r.choices(("en-US", "en-GB", "en-CA", "en-IN"), (80, 8, 7, 5))[0]
@@ -63,13 +64,13 @@ class Simulation:
             personal[base] = vocab.SYSTEMATIC[base].personal
             # Twice: these devices ask it all the time ("a device always says ...").
             favourites += [vocab.systematic_req(base, base)] * 2
-        return vocab.Device(f"dev{i:05d}", kind, locale, users, personal, favourites,
-                            vocab.BASE_TS + r.randint(0, 3_600_000))
+        return Device(f"dev{i:05d}", kind, locale, users, personal, favourites,
+                      vocab.BASE_TS + r.randint(0, 3_600_000))
 
     # --- time and turns -------------------------------------------------------------------
 
     @staticmethod
-    def _restates(S: vocab.Session, ts: int, q: vocab.Req) -> bool:
+    def _restates(S: Session, ts: int, q: vocab.Req) -> bool:
         norm = vocab.normalize(q.text)
         for T in reversed(S.turns):
             if ts - T.ts > vocab.REPHRASE_WINDOW_MS:
@@ -78,7 +79,7 @@ class Simulation:
                 return True
         return False
 
-    def _pick(self, S: vocab.Session, ts: int) -> tuple[vocab.Req, int]:
+    def _pick(self, S: Session, ts: int) -> tuple[vocab.Req, int]:
         """A new request that does not restate anything inside the window (else: wait)."""
         r, favs = self.r, S.dev.favourites
         for _ in range(8):
@@ -93,7 +94,7 @@ class Simulation:
             return None
         return "device" if self.r.random() < self.p.device_barge_in else "timing"
 
-    def _after(self, prev: vocab.Turn, intr: str | None, lo: int, hi: int) -> int:
+    def _after(self, prev: Turn, intr: str | None, lo: int, hi: int) -> int:
         """Start of the next turn: ``lo``..``hi`` ms after ``prev`` unless it interrupts it."""
         r, ev = self.r, prev.ev
         if intr and "tts_end_ts" in ev:
@@ -105,13 +106,13 @@ class Simulation:
         low = max(prev.end + 300, prev.ts + lo)
         return r.randint(low, max(low, prev.ts + hi))
 
-    def _barge(self, T: vocab.Turn) -> None:
+    def _barge(self, T: Turn) -> None:
         ev = T.ev
         b = self.r.randint(ev["tts_start_ts"] + 200, ev["tts_end_ts"] - 300)
         ev["barge_in_ts"], ev["tts_end_ts"] = b, b + self.r.randint(50, 300)  # response cut short
 
-    def _turn(self, S: vocab.Session, ts: int, q: vocab.Req, behaviour: str,
-              text: str | None = None, fail: str | None = None) -> vocab.Turn:
+    def _turn(self, S: Session, ts: int, q: vocab.Req, behaviour: str,
+              text: str | None = None, fail: str | None = None) -> Turn:
         r, dev = self.r, S.dev
         text = q.text if text is None else text
         if r.random() < self.p.surface_noise:
@@ -156,13 +157,13 @@ class Simulation:
                          "device_state": "driving" if dev.kind == "car" else S.state}
         if fail is None and intent in ("PlayMusic", "PlayAudiobook", "Pause", "SetTimer"):
             S.state = {"Pause": "paused", "SetTimer": "timer_running"}.get(intent, "playing")
-        T = vocab.Turn(ev, q, behaviour, failure_point(fail, q))
+        T = Turn(ev, q, behaviour, failure_point(fail, q))
         S.turns.append(T)
         return T
 
     # --- behaviours -----------------------------------------------------------------------
 
-    def _episode(self, S: vocab.Session, t: int) -> None:
+    def _episode(self, S: Session, t: int) -> None:
         r, p = self.r, self.p
         if r.random() < p.unknown:
             self._unknown(S, t)
@@ -185,7 +186,7 @@ class Simulation:
                                     "kind": kind, "value": value}))
         S.queued.clear()
 
-    def _defect(self, S: vocab.Session, t: int, q: vocab.Req,
+    def _defect(self, S: Session, t: int, q: vocab.Req,
                 sys_: vocab.Systematic | None) -> None:
         r, p = self.r, self.p
         mode = "systematic" if sys_ else r.choices(("asr", "nlu", "repeat"), p.defect_modes)[0]
@@ -208,7 +209,7 @@ class Simulation:
         if mode != "repeat" and r.random() < p.teach:
             S.queued.append((head, "teach", sys_.teach if sys_ else f"I meant {q.text}"))
 
-    def _unknown(self, S: vocab.Session, t: int) -> None:
+    def _unknown(self, S: Session, t: int) -> None:
         r = self.r
         for _ in range(8):
             text = r.choice(vocab.UNKNOWN)
@@ -222,7 +223,7 @@ class Simulation:
         if r.random() < self.p.unknown_repeat:
             self._chain(S, head, "unknown", via_stop=False)
 
-    def _attempt(self, dev: vocab.Device, q: vocab.Req, mode: str,
+    def _attempt(self, dev: Device, q: vocab.Req, mode: str,
                  ok: bool) -> tuple[str, vocab.Req, str | None]:
         """What the user says next: (ASR text, meaning, how it fails or None)."""
         r = self.r
@@ -243,7 +244,7 @@ class Simulation:
             return "please " + q.text, q, mode
         return q.text, q, None if ok else mode  # exact repeat
 
-    def _chain(self, S: vocab.Session, head: vocab.Turn, mode: str, via_stop: bool) -> None:
+    def _chain(self, S: Session, head: Turn, mode: str, via_stop: bool) -> None:
         """1-3 restatements of ``head``, each of the previous attempt; success or give-up."""
         r, p = self.r, self.p
         n = r.randint(1, 2) if mode == "unknown" else 1
@@ -272,7 +273,7 @@ class Simulation:
         else:
             self._barge(prev)
 
-    def _stop(self, S: vocab.Session, prev: vocab.Turn) -> vocab.Turn:
+    def _stop(self, S: Session, prev: Turn) -> Turn:
         ts = self._after(prev, self._intr(), 1500, 9500)
         used = {vocab.normalize(T.ev["utterance"]) for T in S.turns[-6:] if T.stop}
         text = self.r.choice([s for s in vocab.STOPS if s not in used])
@@ -280,7 +281,7 @@ class Simulation:
         return self._turn(S, ts, vocab.Req(text, vocab.STOP, 0, "", "Global", intent, {}, None,
                                            (intent, text)), "stop")
 
-    def _followups(self, S: vocab.Session, T: vocab.Turn) -> None:
+    def _followups(self, S: Session, T: Turn) -> None:
         """Related but different requests: negatives a rephrase detector must not flag."""
         r, prob = self.r, self.p.followup
         while T.req.fam >= 0 and r.random() < prob:
@@ -309,10 +310,10 @@ class Simulation:
 
     # --- sessions and the merged log -------------------------------------------------------
 
-    def session(self, dev: vocab.Device, start: int, budget: int) -> list[tuple[int, bytes, dict]]:
+    def session(self, dev: Device, start: int, budget: int) -> list[tuple[int, bytes, dict]]:
         r = self.r
         user = r.choice(dev.users) if r.random() < 0.9 else None
-        S = vocab.Session(dev, dev.new_id("s"), user=user)
+        S = Session(dev, dev.new_id("s"), user=user)
         t, episodes = start, 1
         while episodes < 8 and r.random() < 0.55:
             episodes += 1
@@ -321,12 +322,12 @@ class Simulation:
             last = S.turns[-1]
             t = max(last.ts + 12_000, last.end + 1000) + r.randint(0, 60_000)
         if len(S.turns) + len(S.feedback) > budget:  # the last few events: one plain turn each
-            S = vocab.Session(dev, dev.new_id("s"), user=S.user)
+            S = Session(dev, dev.new_id("s"), user=S.user)
             self._turn(S, start, self._pick(S, start)[0], "success")
         return self._finish(S)
 
     @staticmethod
-    def _finish(S: vocab.Session) -> list[tuple[int, bytes, dict]]:
+    def _finish(S: Session) -> list[tuple[int, bytes, dict]]:
         """Serialise a session with the truth its events imply under the detector's rules."""
         rephrased = {T.rephrase_of for T in S.turns if T.rephrase_of}
         turn_ts = {T.id: T.ts for T in S.turns}

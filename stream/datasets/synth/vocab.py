@@ -1,11 +1,9 @@
-"""Constants, behaviour probabilities, vocabulary tables and simulation records of the
-synthetic stream.
+"""Constants, behaviour probabilities and vocabulary tables of the synthetic stream.
 
 Request families with their phrasings and slot values, systematically misunderstood utterances,
 stop words, unknown requests and ASR near-homophones; ``vocabulary()`` expands them into every
-request utterance, most popular first. ``Turn``, ``Device`` and ``Session`` are the records
-``stream.datasets.synth.sim`` fills. The package ``stream.datasets.synth`` re-exports the public
-names.
+request utterance, most popular first. The package ``stream.datasets.synth`` re-exports the
+public names.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import dataclasses
 import functools
 import random
 import re
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 BASE_TS = 1_717_200_000_000  # 2024-06-01: well inside the validator's accepted ts range
 REPHRASE_WINDOW_MS = 45_000
@@ -115,72 +113,119 @@ class Family(NamedTuple):
     response: str
 
 
-FAMILIES: tuple[Family, ...] = tuple(Family(n, d, i, s, v, _bar(p), r) for n, d, i, s, v, p, r in (
-    ("genre", "Music", "PlayMusic", "genre", GENRES,
-     "play {}|play some {}|play {} music|put on some {}", "Playing {}."),
-    ("artist", "Music", "PlayMusic", "artist", ARTISTS,
-     "play {}|play some {}|play songs by {}|play music by {}", "Playing {}."),
-    ("weather", "Weather", "GetWeather", "city", CITIES,
-     "weather in {}|what's the weather in {}|how's the weather in {}|forecast for {}",
-     "In {}, it's 64 degrees and sunny."),
-    ("timer", "Timer", "SetTimer", "duration", DURATIONS,
-     "set a timer for {}|{} timer|start a timer for {}|timer for {}", "Timer set for {}."),
-    ("alarm", "Alarm", "SetAlarm", "time", TIMES,
-     "set an alarm for {}|wake me up at {}|alarm for {}", "Alarm set for {}."),
-    ("lights_on", "SmartHome", "TurnOn", "room", ROOMS,
-     "turn on the {} lights|{} lights on|switch on the {} lights|lights on in the {}", "OK."),
-    ("lights_off", "SmartHome", "TurnOff", "room", ROOMS,
-     "turn off the {} lights|{} lights off|switch off the {} lights", "OK."),
-    ("dim", "SmartHome", "SetBrightness", "room", ROOMS,
-     "dim the {} lights|make the {} lights dimmer", "OK."),
-    ("thermostat", "SmartHome", "SetTemperature", "degrees", [str(d) for d in range(62, 79)],
-     "set the thermostat to {}|set the temperature to {} degrees|make it {} degrees",
-     "Setting the temperature to {}."),
-    ("volume", "Volume", "SetVolume", "level", [str(v) for v in range(1, 11)],
-     "set volume to {}|volume {}|change the volume to {}", "OK."),
-    ("who", "Knowledge", "WhoIs", "person", PEOPLE,
-     "who is {}|tell me about {}|who's {}", "Here's what I found about {}."),
-    ("age", "Knowledge", "GetAge", "person", PEOPLE,
-     "how old is {}|what's the age of {}", "{} is 62 years old."),
-    ("capital", "Knowledge", "GetCapital", "country", COUNTRIES,
-     "what's the capital of {}|capital of {}|what is the capital city of {}",
-     "Here's the capital of {}."),
-    ("define", "Knowledge", "Define", "word", WORDS,
-     "define {}|what does {} mean|what's the definition of {}", "Here's the definition of {}."),
-    ("spell", "Knowledge", "Spell", "word", WORDS, "how do you spell {}|spell {}",
-     "It's spelled..."),
-    ("translate", "Knowledge", "Translate", "word", WORDS,
-     "how do you say {} in spanish|translate {} to spanish", "In Spanish, that's..."),
-    ("shopping", "Shopping", "AddToList", "item", ITEMS,
-     "add {} to my shopping list|put {} on my shopping list|add {} to the shopping list",
-     "I added {} to your shopping list."),
-    ("book", "Books", "PlayAudiobook", "title", BOOKS,
-     "play the audiobook {}|read {}|play {} audiobook|listen to {}", "Here's {}, on Audible."),
-    ("volume_up", "Volume", "VolumeUp", None, NO_SLOT,
-     "volume up|turn it up|louder|turn the volume up", "OK."),
-    ("volume_down", "Volume", "VolumeDown", None, NO_SLOT,
-     "volume down|turn it down|quieter|lower the volume", "OK."),
-    ("next", "Music", "NextSong", None, NO_SLOT, "next song|skip this song|play the next song",
-     "OK."),
-    ("pause", "Music", "Pause", None, NO_SLOT, "pause|pause the music|pause it", "OK."),
-    ("what_song", "Music", "WhatSong", None, NO_SLOT, "what song is this|who sings this song",
-     "This is Blue in Green by Miles Davis."),
-    ("time_left", "Timer", "TimeLeft", None, NO_SLOT,
-     "how much time is left|how much time is left on my timer", "About six minutes left."),
-    ("rain", "Weather", "GetForecast", None, NO_SLOT,
-     "will it rain tomorrow|is it going to rain tomorrow|do i need an umbrella tomorrow",
-     "There's a 40 percent chance of rain tomorrow."),
-    ("local_weather", "Weather", "GetWeather", None, NO_SLOT,
-     "what's the weather|what's the weather like|how's the weather today", "It's 64 and sunny."),
-    ("time", "Knowledge", "GetTime", None, NO_SLOT, "what time is it|what's the time",
-     "It's 7:42."),
-    ("joke", "Fun", "TellJoke", None, NO_SLOT, "tell me a joke|say something funny",
-     "Why did the scarecrow win an award? He was outstanding in his field."),
-    ("read_list", "Shopping", "ReadList", None, NO_SLOT,
-     "what's on my shopping list|read my shopping list", "You have four items on your list."),
-    ("news", "News", "PlayNews", None, NO_SLOT, "what's the news|play the news|news briefing",
-     "Here's your news briefing."),
-))
+# A slot's values by the slot's name ("-": the family has no slot).
+_SLOT_VALUES = {"genre": GENRES, "artist": ARTISTS, "city": CITIES, "duration": DURATIONS,
+                "time": TIMES, "room": ROOMS, "degrees": [str(d) for d in range(62, 79)],
+                "level": [str(v) for v in range(1, 11)], "person": PEOPLE, "country": COUNTRIES,
+                "word": WORDS, "item": ITEMS, "title": BOOKS, "-": NO_SLOT}
+# The request families, three lines each: name, domain, intent and slot; the phrasings; the
+# response ("{}": the slot's value).
+_FAMILY_TABLE = """
+genre         Music     PlayMusic      genre
+    play {}|play some {}|play {} music|put on some {}
+    Playing {}.
+artist        Music     PlayMusic      artist
+    play {}|play some {}|play songs by {}|play music by {}
+    Playing {}.
+weather       Weather   GetWeather     city
+    weather in {}|what's the weather in {}|how's the weather in {}|forecast for {}
+    In {}, it's 64 degrees and sunny.
+timer         Timer     SetTimer       duration
+    set a timer for {}|{} timer|start a timer for {}|timer for {}
+    Timer set for {}.
+alarm         Alarm     SetAlarm       time
+    set an alarm for {}|wake me up at {}|alarm for {}
+    Alarm set for {}.
+lights_on     SmartHome TurnOn         room
+    turn on the {} lights|{} lights on|switch on the {} lights|lights on in the {}
+    OK.
+lights_off    SmartHome TurnOff        room
+    turn off the {} lights|{} lights off|switch off the {} lights
+    OK.
+dim           SmartHome SetBrightness  room
+    dim the {} lights|make the {} lights dimmer
+    OK.
+thermostat    SmartHome SetTemperature degrees
+    set the thermostat to {}|set the temperature to {} degrees|make it {} degrees
+    Setting the temperature to {}.
+volume        Volume    SetVolume      level
+    set volume to {}|volume {}|change the volume to {}
+    OK.
+who           Knowledge WhoIs          person
+    who is {}|tell me about {}|who's {}
+    Here's what I found about {}.
+age           Knowledge GetAge         person
+    how old is {}|what's the age of {}
+    {} is 62 years old.
+capital       Knowledge GetCapital     country
+    what's the capital of {}|capital of {}|what is the capital city of {}
+    Here's the capital of {}.
+define        Knowledge Define         word
+    define {}|what does {} mean|what's the definition of {}
+    Here's the definition of {}.
+spell         Knowledge Spell          word
+    how do you spell {}|spell {}
+    It's spelled...
+translate     Knowledge Translate      word
+    how do you say {} in spanish|translate {} to spanish
+    In Spanish, that's...
+shopping      Shopping  AddToList      item
+    add {} to my shopping list|put {} on my shopping list|add {} to the shopping list
+    I added {} to your shopping list.
+book          Books     PlayAudiobook  title
+    play the audiobook {}|read {}|play {} audiobook|listen to {}
+    Here's {}, on Audible.
+volume_up     Volume    VolumeUp       -
+    volume up|turn it up|louder|turn the volume up
+    OK.
+volume_down   Volume    VolumeDown     -
+    volume down|turn it down|quieter|lower the volume
+    OK.
+next          Music     NextSong       -
+    next song|skip this song|play the next song
+    OK.
+pause         Music     Pause          -
+    pause|pause the music|pause it
+    OK.
+what_song     Music     WhatSong       -
+    what song is this|who sings this song
+    This is Blue in Green by Miles Davis.
+time_left     Timer     TimeLeft       -
+    how much time is left|how much time is left on my timer
+    About six minutes left.
+rain          Weather   GetForecast    -
+    will it rain tomorrow|is it going to rain tomorrow|do i need an umbrella tomorrow
+    There's a 40 percent chance of rain tomorrow.
+local_weather Weather   GetWeather     -
+    what's the weather|what's the weather like|how's the weather today
+    It's 64 and sunny.
+time          Knowledge GetTime        -
+    what time is it|what's the time
+    It's 7:42.
+joke          Fun       TellJoke       -
+    tell me a joke|say something funny
+    Why did the scarecrow win an award? He was outstanding in his field.
+read_list     Shopping  ReadList       -
+    what's on my shopping list|read my shopping list
+    You have four items on your list.
+news          News      PlayNews       -
+    what's the news|play the news|news briefing
+    Here's your news briefing.
+"""
+
+
+def _families(table: str) -> tuple[Family, ...]:
+    """``Family`` records from ``_FAMILY_TABLE``, in its order (the simulation draws by index)."""
+    lines = [line.strip() for line in table.strip().splitlines()]
+    families = []
+    for head, phrasings, response in zip(lines[0::3], lines[1::3], lines[2::3], strict=True):
+        name, domain, intent, slot = head.split()
+        families.append(Family(name, domain, intent, None if slot == "-" else slot,
+                               _SLOT_VALUES[slot], _bar(phrasings), response))
+    return tuple(families)
+
+
+FAMILIES = _families(_FAMILY_TABLE)
 FAMILY_INDEX = {f.name: i for i, f in enumerate(FAMILIES)}
 # Politeness variants of requests with a slot, where English allows them ("can you louder" and
 # "can you what's the weather" do not occur).
@@ -338,51 +383,3 @@ def corrupt(text: str, r: random.Random) -> str:
         j = r.randrange(1, len(w)) if len(w) > 2 else 0
         words[i] = w[:j] + w[j + 1:] if len(w) > 2 else w + w[-1]
     return " ".join(words)
-
-
-class Turn:
-    __slots__ = ("ev", "ts", "id", "req", "stop", "rephrase_of", "chain", "behaviour",
-                 "failure_point")
-
-    def __init__(self, ev: dict[str, Any], req: Req, behaviour: str,
-                 failure_point: str | None = None) -> None:
-        self.ev, self.ts, self.id, self.req = ev, ev["ts"], ev["event_id"], req
-        self.stop = req.fam == STOP
-        self.rephrase_of: str | None = None
-        self.chain: str | None = None
-        self.behaviour = behaviour
-        self.failure_point = failure_point
-        """Where the turn really failed (None: it did not); only the truth carries it."""
-
-    @property
-    def end(self) -> int:
-        """When the assistant stopped talking (a turn without a response ends soon after ts)."""
-        return int(self.ev.get("tts_end_ts", self.ts + 800))
-
-
-@dataclasses.dataclass
-class Device:
-    id: str
-    kind: str
-    locale: str
-    users: list[str]
-    personal: dict[str, str]  # systematic utterance -> this device's own better phrasing
-    favourites: list[Req]
-    next_ts: int
-    n: int = 0  # events, sessions and chains share one counter: ids stay unique and short
-
-    def new_id(self, tag: str = "") -> str:
-        self.n += 1
-        return f"{self.id}-{tag}{self.n}"
-
-
-@dataclasses.dataclass
-class Session:
-    dev: Device
-    id: str
-    turns: list[Turn] = dataclasses.field(default_factory=list)
-    feedback: list[tuple[dict[str, Any], dict[str, Any]]] = dataclasses.field(default_factory=list)
-    queued: list[tuple[Turn, str, str]] = dataclasses.field(default_factory=list)
-    user: str | None = None
-    state: str = "idle"
-
