@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,15 @@ class Accountant:
             self.reasons.append(None)
         return outputs
 
+    @classmethod
+    def run(cls, raws: Iterable[bytes | str]) -> Accountant:
+        """A fresh engine fed every input, then flushed: each accounted for exactly once."""
+        acc = cls()
+        for raw in raws:
+            acc.feed(raw)
+        acc.finish()
+        return acc
+
     def finish(self) -> None:
         for out in self.engine.flush():
             orjson.dumps(out.record)
@@ -160,30 +170,21 @@ def dumps_any(value: Any, ascii_only: bool = True) -> bytes:
 @HYPOTHESIS
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=20))
 def test_arbitrary_bytes_never_raise_and_are_accounted_for(raws):
-    acc = Accountant()
-    for raw in raws:
-        acc.feed(raw)
-    acc.finish()
+    Accountant.run(raws)
 
 
 @pytest.mark.slow
 @HYPOTHESIS
 @given(st.lists(st.text(ANY_CHAR, max_size=200), min_size=1, max_size=20))
 def test_arbitrary_text_never_raises_even_with_lone_surrogates(texts):
-    acc = Accountant()
-    for text in texts:
-        acc.feed(text)
-    acc.finish()
+    Accountant.run(texts)
 
 
 @pytest.mark.slow
 @HYPOTHESIS
 @given(st.lists(st.tuples(json_values, st.booleans()), min_size=1, max_size=20))
 def test_arbitrary_json_values_never_raise(values):
-    acc = Accountant()
-    for value, ascii_only in values:
-        acc.feed(dumps_any(value, ascii_only))
-    acc.finish()
+    Accountant.run(dumps_any(value, ascii_only) for value, ascii_only in values)
 
 
 EVENT_FIELDS = ("event_id", "device_id", "ts", "utterance", "user_id", "session_id",
@@ -198,10 +199,7 @@ EVENT_FIELDS = ("event_id", "device_id", "ts", "utterance", "user_id", "session_
     {"type": st.sampled_from(["turn", "feedback", "watermark"])},
     optional={name: json_values for name in EVENT_FIELDS}), min_size=1, max_size=20))
 def test_objects_with_arbitrary_field_values_never_raise(objs):
-    acc = Accountant()
-    for obj in objs:
-        acc.feed(dumps_any(obj))
-    acc.finish()
+    Accountant.run(dumps_any(obj) for obj in objs)
 
 
 UTTERANCES = ("play jazz", "play jazz music", "stop", "what's the weather", "call mom",
@@ -336,11 +334,8 @@ def test_corpus_line_gets_its_reason(number, raw, reason):
 
 
 def test_whole_corpus_in_one_engine_gives_the_same_reasons():
-    acc = Accountant()
     lines = corpus()
-    for _, raw, _ in lines:
-        acc.feed(raw)
-    acc.finish()
+    acc = Accountant.run(raw for _, raw, _ in lines)
     assert acc.reasons == [reason for _, _, reason in lines]
 
 
