@@ -18,7 +18,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from topologies.kafka_produce import (
     ProduceStats,
@@ -148,7 +148,13 @@ async def read_topic_async(
     max_s: float | None = None,
     **security: str,
 ) -> list[TopicRecord]:
-    """Async form of :func:`read_topic`."""
+    """Every record of ``topic`` from the beginning, without a consumer group.
+
+    Stops when ``expected`` records were read, nothing new arrived for ``timeout_s`` (end
+    offsets from this broker are wrong, so they are not used), or after ``max_s`` seconds of
+    reading (a snapshot of a topic that is being written all the time). Records of one
+    partition are in offset order.
+    """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     check_tls(bootstrap, **security)
@@ -184,21 +190,6 @@ async def read_topic_async(
     return records
 
 
-def read_topic(
-    bootstrap: str,
-    topic: str,
-    *,
-    timeout_s: float = 5.0,
-    expected: int | None = None,
-    max_s: float | None = None,
-    **security: str,
-) -> list[TopicRecord]:
-    """Every record of ``topic`` from the beginning, without a consumer group.
-
-    Stops when ``expected`` records were read, nothing new arrived for ``timeout_s`` (end
-    offsets from this broker are wrong, so they are not used), or after ``max_s`` seconds of
-    reading (a snapshot of a topic that is being written all the time). Records of one
-    partition are in offset order.
-    """
-    return asyncio.run(read_topic_async(bootstrap, topic, timeout_s=timeout_s,
-                                        expected=expected, max_s=max_s, **security))
+def read_topic(bootstrap: str, topic: str, **kwargs: Any) -> list[TopicRecord]:
+    """Blocking form of :func:`read_topic_async` (runs its own event loop)."""
+    return asyncio.run(read_topic_async(bootstrap, topic, **kwargs))
