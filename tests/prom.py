@@ -1,4 +1,5 @@
-"""A real Prometheus server (Debian's ``prometheus``) on loopback, for the monitoring tests."""
+"""For the monitoring tests: a real Prometheus server (Debian's ``prometheus``) on loopback, and
+PipelineMetrics with every series present."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+from stream.stats import EngineStats
+from topologies.metrics import PipelineMetrics
 from topologies.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +99,27 @@ def metric_total(text: str, name: str, **labels: str) -> float:
         if all(have.get(k) == v for k, v in labels.items()):
             total += float(match.group(2))
     return total
+
+
+def exercised_metrics(m: PipelineMetrics | None = None) -> PipelineMetrics:
+    """``m`` (default: one on a bare registry) with a value in every series, each recording
+    method called once; the top defect holds characters the text format must escape."""
+    m = m or PipelineMetrics(CollectorRegistry())
+    stats = EngineStats()
+    stats.events[("turn", "ok")] = 3
+    stats.events[("unknown", "dead_letter")] = 1
+    stats.dead_letters["invalid_json"] = 1
+    stats.signals["rephrase"] = 1
+    stats.failure_points["nlu"] = 1
+    stats.evictions["device"] = 1
+    m.sync_stats(stats)
+    m.observe_batch(3, 0.0003)
+    m.observe_processing_latency([1.0], 2.0)
+    m.observe_event_time_lag([1_000], 61_000)
+    m.set_lag("interactions", 0, 1)
+    m.set_watermark_delay(0.5)
+    m.set_state_sizes(1, {"utterance": 1}, 2)
+    m.set_top_defects([('play "jazz"\\ now\n', 0.5, 10)])  # characters that need escaping
+    m.producer_error("feedback.defects")
+    m.producer_retry()
+    return m

@@ -16,17 +16,13 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
-from stream.stats import EngineStats
-from tests.prom import MONITORING, prometheus_scraping, query, tool
-from topologies.metrics import PipelineMetrics
+from tests.prom import MONITORING, exercised_metrics, prometheus_scraping, query, tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "feedback-stream.json"
@@ -68,28 +64,6 @@ def promql(expr: str) -> str:
     for macro, value in GRAFANA_MACROS.items():
         expr = expr.replace(macro, value)
     return expr
-
-
-def exercised_metrics() -> PipelineMetrics:
-    """A PipelineMetrics with every method called once, so every series exists."""
-    m = PipelineMetrics(CollectorRegistry())
-    stats = EngineStats()
-    stats.events[("turn", "ok")] = 3
-    stats.dead_letters["late"] = 1
-    stats.signals["barge_in"] = 1
-    stats.failure_points["asr"] = 1
-    stats.evictions["device"] = 1
-    m.sync_stats(stats)
-    m.observe_batch(3, 0.001)
-    m.observe_processing_latency([time.monotonic() - 0.05], time.monotonic())
-    m.observe_event_time_lag([1_717_200_000_000], 1_717_200_045_000)
-    m.set_lag("interactions", 0, 7)
-    m.set_watermark_delay(1.5)
-    m.set_state_sizes(2, {"utterance": 3, "intent": 1}, 4)
-    m.set_top_defects([("play jazz", 0.4, 50), ("call mom", 0.2, 10)])
-    m.producer_error("feedback.defects")
-    m.producer_retry()
-    return m
 
 
 def exported_names() -> set[str]:

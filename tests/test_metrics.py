@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stream.stats import EngineStats
+from tests.prom import exercised_metrics
 from topologies.metrics import (
     DEAD_LETTER_REASONS,
     EVENT_TIME_LAG_BUCKETS,
@@ -218,29 +219,9 @@ def test_gauges(metrics: PipelineMetrics) -> None:
     assert value(metrics, "feedback_stream_producer_retries_total") == 3
 
 
-def exercise(m: PipelineMetrics) -> None:
-    stats = EngineStats()
-    stats.events[("turn", "ok")] = 3
-    stats.events[("unknown", "dead_letter")] = 1
-    stats.dead_letters["invalid_json"] = 1
-    stats.signals["rephrase"] = 1
-    stats.failure_points["nlu"] = 1
-    stats.evictions["device"] = 1
-    m.sync_stats(stats)
-    m.observe_batch(3, 0.0003)
-    m.observe_processing_latency([1.0], 2.0)
-    m.observe_event_time_lag([1_000], 61_000)
-    m.set_lag("interactions", 0, 1)
-    m.set_watermark_delay(0.5)
-    m.set_state_sizes(1, {"utterance": 1}, 2)
-    m.set_top_defects([('play "jazz"\\ now\n', 0.5, 10)])  # characters that need escaping
-    m.producer_error("feedback.defects")
-    m.producer_retry()
-
-
 def test_promtool_accepts_rendered_metrics() -> None:
     m = PipelineMetrics()  # default registry: process and GC metrics included
-    exercise(m)
+    exercised_metrics(m)
     result = subprocess.run(
         [promtool(), "check", "metrics"], input=render(m.registry), capture_output=True,
         timeout=30,
@@ -252,7 +233,7 @@ def test_promtool_accepts_rendered_metrics() -> None:
 
 def test_http_server_serves_metrics() -> None:
     m = PipelineMetrics(CollectorRegistry())
-    exercise(m)
+    exercised_metrics(m)
     server = m.start_http_server(0)
     try:
         url = f"http://127.0.0.1:{server.server_port}/metrics"
