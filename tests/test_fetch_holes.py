@@ -10,7 +10,7 @@ from typing import Any
 
 from faust.types import TP
 
-from topologies.faust_fixes.fetch_holes import _rewind_holes
+from topologies.faust_fixes.fetch_holes import _rewind_holes, expect_from
 
 INPUT, CHANGELOG = TP("interactions", 0), TP("app-device-state-changelog", 0)
 
@@ -65,5 +65,23 @@ def test_a_hole_still_there_after_the_rewind_is_real() -> None:
     _rewind_holes(thread, consumer, fetched)
     assert not fetched and consumer._fetcher.seeks == [(INPUT, 461)]
     fetched = {INPUT: records(INPUT, 463)}
+    _rewind_holes(thread, consumer, fetched)
+    assert list(fetched) == [INPUT] and len(consumer._fetcher.seeks) == 1
+
+
+def test_partitions_sought_to_offset_0_must_start_there() -> None:
+    """Faust keeps no read offset for a partition sought to 0 (a worker taking over before any
+    commit): the start recorded by ``expect_from`` is checked instead, until records pass."""
+    thread, consumer = setup({})
+    expect_from(thread.consumer, {INPUT: 0})
+    fetched = {INPUT: records(INPUT, 749)}  # where the killed worker's fetch had been
+    _rewind_holes(thread, consumer, fetched)
+    assert not fetched and consumer._fetcher.seeks == [(INPUT, 0)]
+    fetched = {INPUT: records(INPUT, 0)}
+    _rewind_holes(thread, consumer, fetched)
+    assert list(fetched) == [INPUT] and len(consumer._fetcher.seeks) == 1
+    # Handed on: Faust's own read offset takes over, the recorded start is gone.
+    thread.consumer._read_offset[INPUT] = 2
+    fetched = {INPUT: records(INPUT, 3)}
     _rewind_holes(thread, consumer, fetched)
     assert list(fetched) == [INPUT] and len(consumer._fetcher.seeks) == 1

@@ -18,7 +18,7 @@ import inspect
 import logging
 from typing import Any
 
-from topologies.faust_fixes import consumer_internals
+from topologies.faust_fixes import consumer_internals, fetch_holes
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,9 @@ async def _seek_uncommitted_to_earliest(self: Any, consumer: Any, assignment: se
     self.log.info("Seek partitions without a committed offset to the earliest: %r", offsets)
     await self._wait(consumer.seek_wait(offsets),
                      timeout=self.app.conf.broker_request_timeout)
+    # Faust keeps no read offset for a partition sought to 0: tell the fetch-hole check
+    # where these must start.
+    fetch_holes.expect_from(consumer, offsets)
 
 
 def _upstream_has_the_race(method: Any) -> bool:
