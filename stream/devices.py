@@ -25,13 +25,13 @@ from stream.detectors import (
     teachable_moment,
 )
 from stream.failure import (
-    ENTITY_RESOLUTION,
     NLU,
-    RESULT,
     UNKNOWN,
+    WEAK_GUESSES,
     FailureThresholds,
     attribute,
     attribute_in_hindsight,
+    with_history,
 )
 from stream.pairs import MEANING_SHARE, PartitionedEvidence
 from stream.records import KEY_TYPES, NEGATIVE_FEEDBACK, Output
@@ -296,10 +296,11 @@ class DeviceStage:
                 st.waiting.append(turn)  # decided when its chain ends (hindsight)
             else:
                 self._defect(st, turn, turn.failure_guess, out)
+        points = None
         if turn.rephrased_by is None and len(turn.chain) > 1 and st.waiting:
-            self._resolve_chain(st, turn, defective, out)
+            points = self._resolve_chain(st, turn, defective, out)
         if not turn.stop_turn:
-            self.evidence.observe(st, turn, not failed_visibly(turn, self.settings))
+            self.evidence.observe(st, turn, not failed_visibly(turn, self.settings), points)
         src = {} if self.position is None else {"src": self.position}
         if self.emit_chains and turn.rephrased_by is None:
             # The tip of a chain (a lone turn is a chain of one): the chain's outcome is known.
@@ -314,26 +315,35 @@ class DeviceStage:
                     out += sink(key_type, key, defective, turn.ts)
 
     def _resolve_chain(self, st: DeviceState, tip: TurnState, failed: bool,
-                       out: list[Output]) -> None:
+                       out: list[Output]) -> list[list[str]]:
         """The chain ending at ``tip`` is over: its earlier turns are compared with ``tip``
-        if it went well; otherwise each keeps the guess made with its own rephrase."""
+        if it went well; otherwise each keeps the guess made with its own rephrase. Returns
+        [utterance, failure point] of the turns decided in hindsight (the utterances'
+        failure history, ``with_history``)."""
         members = set(tip.chain)
+        points = []
         for turn in [t for t in st.waiting if t.event_id in members]:
-            point = (turn.failure_guess or "unknown") if failed else attribute_in_hindsight(
-                turn, tip, self.failure_thresholds)
+            if failed:
+                point = turn.failure_guess or UNKNOWN
+            else:
+                point = attribute_in_hindsight(turn, tip, self.failure_thresholds)
+                points.append([turn.norm, point])
             self._defect(st, turn, point, out)
         st.waiting = [t for t in st.waiting if t.event_id not in members]
+        return points
 
     def _guess(self, st: DeviceState, turn: TurnState, rephrase: TurnState | None) -> str:
         """The failure point without hindsight (``attribute``), corrected by what people
         mean by the utterance (pair evidence): a confident intent that is not the one the
-        utterance usually gets when it works is an NLU failure, not a bad result."""
+        utterance usually gets when it works is an NLU failure, not a bad result; then by
+        where its failures were found in hindsight (``with_history``)."""
         point = attribute(turn, rephrase, self.failure_thresholds)
-        if point in (RESULT, ENTITY_RESOLUTION, UNKNOWN) and turn.intent:
-            meaning = self.evidence.partition(st.partition).meaning(turn.norm)
+        evidence = self.evidence.partition(st.partition)
+        if point in WEAK_GUESSES and turn.intent:
+            meaning = evidence.meaning(turn.norm)
             if meaning is not None and meaning[1] >= MEANING_SHARE and meaning[0] != turn.intent:
-                return NLU
-        return point
+                point = NLU
+        return with_history(point, evidence.failure_profile(turn.norm), self.failure_thresholds)
 
     def _defect(self, st: DeviceState, turn: TurnState, failure_point: str,
                 out: list[Output]) -> None:

@@ -84,6 +84,8 @@ class FailureThresholds:
     asr_char: float = 0.75
     asr_margin: float = 0.2
     """The turn that worked (or the rephrase) was heard this much more confidently: ASR."""
+    history_share: float = 0.5
+    """The utterance's failures decided in hindsight had one point at least this often."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FailureThresholds:
@@ -167,6 +169,37 @@ def _sounds_alike(turn: TurnState, other: TurnState, th: FailureThresholds) -> b
         return False
     sim = similarity(turn.norm, other.norm)
     return not sim["swap"] and (sim["phonetic"] >= th.asr_phonetic or sim["char"] >= th.asr_char)
+
+
+WEAK_GUESSES = frozenset((RESULT, ENTITY_RESOLUTION, UNKNOWN))
+"""Guesses that only say no earlier component showed a failure: the utterance's history
+decides instead."""
+
+
+def with_history(point: str, profile: tuple[str, float] | None,
+                 thresholds: FailureThresholds | None = None) -> str:
+    """``point``, a guess made without a fix to compare with, corrected by how the same
+    utterance's failures were decided in hindsight (``profile``: their commonest point and its
+    share, ``stream.pairs.PairEvidence.failure_profile``). A phrasing that fails keeps failing
+    in the same place (the same slip, the same wrong intent, the same unresolvable name), so
+    the history replaces a guess that only says nothing earlier looked wrong; and a text that
+    was mostly misheard was misheard again, although its intent (unknown, or not confident)
+    points at NLU: a misheard request yields a wrong intent too. ASR and false-wake guesses rest
+    on the turn's own evidence and stay.
+
+    >>> with_history("result", ("entity_resolution", 0.8))
+    'entity_resolution'
+    >>> with_history("nlu", ("result", 0.9)), with_history("nlu", ("asr", 0.6))
+    ('nlu', 'asr')
+    >>> with_history("result", ("nlu", 0.4)), with_history("unknown", None)
+    ('result', 'unknown')
+    """
+    th = thresholds or FailureThresholds()
+    if profile is None or profile[1] < th.history_share:
+        return point
+    if point in WEAK_GUESSES or (point == NLU and profile[0] == ASR):
+        return profile[0]
+    return point
 
 
 def attribute(turn: TurnState, rephrase: TurnState | None = None,

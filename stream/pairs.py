@@ -5,7 +5,9 @@ skipped) within the rephrase window, one observation is counted once ``b`` is fi
 ``a`` failed visibly (interrupted, a stop turn after it, negative feedback, an unknown intent or
 a low ASR/NLU confidence: nothing that depends on a rephrase decision) and whether ``b`` did
 not. Every final request also tells what people *mean* by its words: the intent it got when
-nothing visibly went wrong. Across many devices:
+nothing visibly went wrong; the tip of a chain that ended well tells where its earlier turns
+failed (their failure points decided in hindsight, ``stream.failure``), which decides failures
+of the same utterance that have no fix to compare with. Across many devices:
 
 - a rephrase ("wake me up at seven" -> "set an alarm for 7 am") gets the intent people mean by
   ``a`` (``alarm``), and requests of that intent follow failures of ``a`` more often than
@@ -31,9 +33,9 @@ input; ``DeviceState.partition`` remembers it, pseudonymised ids included),
 so replay and Kafka decide every link on the same counts. A single global table would see every
 device but would need a barrier across partitions to stay deterministic.
 
-**Memory**: each table (pairs, intent pairs, meanings) holds at most ``max_pairs`` rows; beyond
-that the least-counted quarter is dropped at once (lossy counting: heavy hitters stay, a pair
-seen once among many is forgotten), counted in ``evictions``.
+**Memory**: each table (pairs, intent pairs, meanings, failures) holds at most ``max_pairs``
+rows; beyond that the least-counted quarter is dropped at once (lossy counting: heavy hitters
+stay, a pair seen once among many is forgotten), counted in ``evictions``.
 
 >>> ev = PairEvidence(max_pairs=100)
 >>> for _ in range(2):
@@ -55,7 +57,7 @@ from stream.pair_model import LINK_FAILED, LINK_QUIET, HindsightModel
 from stream.session import DeviceState, TurnState
 
 SEP = "\x1f"  # unit separator: normalised utterances hold no control characters
-TABLES = ("pairs", "intents", "meanings")
+TABLES = ("pairs", "intents", "meanings", "failures")
 
 MEANING_SHARE = 0.6
 """An intent is what people mean by an utterance when it has this share of its fine plays."""
@@ -71,8 +73,8 @@ that follows failures of ``a`` this much more often than the base rate."""
 class PairEvidence:
     """The evidence of one partition: counts, a clock and pointers to waiting observations."""
 
-    __slots__ = ("max_pairs", "pairs", "intents", "meanings", "clock", "observed", "failed",
-                 "evictions", "due", "orphans", "changed", "dropped", "track", "model",
+    __slots__ = ("max_pairs", "pairs", "intents", "meanings", "failures", "clock", "observed",
+                 "failed", "evictions", "due", "orphans", "changed", "dropped", "track", "model",
                  "learn")
 
     def __init__(self, max_pairs: int = 20_000, learn: bool = False) -> None:
@@ -85,6 +87,9 @@ class PairEvidence:
         """``a SEP intent of b`` -> [observations, ``a`` failed]."""
         self.meanings: dict[str, list[Any]] = {}
         """``u`` -> [plays, fine plays, their commonest intent, its Misra-Gries count]."""
+        self.failures: dict[str, list[Any]] = {}
+        """``u`` -> [its failures decided in hindsight, their commonest failure point, its
+        Misra-Gries count] (``failure_profile``)."""
         self.model = HindsightModel()
         """The online classifier learned from this partition's pairs (``stream.pair_model``):
         saved with the clock and totals (``snapshot_meta``)."""
@@ -105,22 +110,24 @@ class PairEvidence:
 
     # -- counting --------------------------------------------------------------------------------
     def count(self, a: str, b: str, b_intent: str, a_failed: bool, b_fine: bool,
-              pair_x: list[float] | None = None) -> None:
+              pair_x: list[float] | None = None,
+              points: list[list[str]] | None = None) -> None:
         """One final request ``b`` (``a`` = "" when no request came before it in the window;
-        ``pair_x``: what the pair looked like, ``TurnState.pair_x``). A pair with a hindsight
-        label (``stream.pair_model``) teaches the model first, on the counts before it."""
+        ``pair_x``: what the pair looked like, ``TurnState.pair_x``; ``points``: [utterance,
+        failure point] of the earlier turns of a chain ``b`` ended well, decided in hindsight).
+        A pair with a hindsight label (``stream.pair_model``) teaches the model first, on the
+        counts before it."""
         if self.learn and a and pair_x and (b_fine or not a_failed):
             self.model.learn(self.features(a, b, b_intent, pair_x), a_failed)
         row = self._row("meanings", b, [0, 0, "", 0])
         row[0] += 1
         if b_fine and b_intent:
             row[1] += 1
-            if row[2] == b_intent:
-                row[3] += 1
-            elif row[3] == 0:
-                row[2], row[3] = b_intent, 1
-            else:
-                row[3] -= 1
+            _vote(row, 2, b_intent)
+        for u, point in points or ():
+            row = self._row("failures", u, [0, "", 0])
+            row[0] += 1
+            _vote(row, 1, point)
         if not a:
             return
         self.observed += 1
@@ -163,6 +170,14 @@ class PairEvidence:
         if row is None or not row[1] or not row[3]:
             return None
         return row[2], row[3] / row[1]
+
+    def failure_profile(self, u: str) -> tuple[str, float] | None:
+        """(the failure point that the failures of ``u`` decided in hindsight mostly had, its
+        share), or None: a phrasing that fails tends to fail in the same place."""
+        row = self.failures.get(u)
+        if row is None or not row[2]:
+            return None
+        return row[1], row[2] / row[0]
 
     def support(self, a: str, b: str, b_intent: str | None, a_failed: bool,
                 reaction_s: float | None = None) -> float:
@@ -285,11 +300,14 @@ class PartitionedEvidence:
             ev.track = self.track
         return ev
 
-    def observe(self, st: DeviceState, turn: TurnState, fine: bool) -> None:
-        """``turn`` is final: its observation waits on the device until it is due."""
+    def observe(self, st: DeviceState, turn: TurnState, fine: bool,
+                points: list[list[str]] | None = None) -> None:
+        """``turn`` is final: its observation waits on the device until it is due
+        (``points``: the hindsight failure points of the chain it ended, ``count``)."""
         due = turn.ts + self.delay_ms
         st.observations.append([due, turn.pair_prev or "", turn.norm, turn.intent or "",
-                                int(turn.pair_prev_failed), int(fine), *(turn.pair_x or ())])
+                                int(turn.pair_prev_failed), int(fine), points or [],
+                                *(turn.pair_x or ())])
         heapq.heappush(self.partition(st.partition).due, (due, st.device_id))
 
     def advance(self, ev: PairEvidence, ts: int, devices: Mapping[str, DeviceState],
@@ -309,7 +327,8 @@ class PartitionedEvidence:
             keep = []
             for obs in sorted(waiting):
                 if obs[0] < ts:
-                    ev.count(obs[1], obs[2], obs[3], bool(obs[4]), bool(obs[5]), obs[6:9])
+                    ev.count(obs[1], obs[2], obs[3], bool(obs[4]), bool(obs[5]), obs[7:10],
+                             obs[6])
                 else:
                     keep.append(obs)
             if keep:  # still waiting: a pointer of their own (one restored device has one)
@@ -341,6 +360,17 @@ class PartitionedEvidence:
         if st.observations:
             due = min(obs[0] for obs in st.observations)
             heapq.heappush(self.partition(st.partition).due, (due, st.device_id))
+
+
+def _vote(row: list[Any], at: int, value: str) -> None:
+    """One vote for ``value`` in the Misra-Gries majority ``row[at]`` with count
+    ``row[at + 1]``: the majority value when there is one (more than half the votes)."""
+    if row[at] == value:
+        row[at + 1] += 1
+    elif row[at + 1] == 0:
+        row[at], row[at + 1] = value, 1
+    else:
+        row[at + 1] -= 1
 
 
 def _lift(row: list[Any] | None, base: float) -> float:

@@ -59,8 +59,8 @@ class Settings:
     low_nlu_confidence: float = 0.3
     low_asr_confidence: float = 0.5
     pair_evidence_max_pairs: int = 20_000
-    """Rows per table (pairs, intent pairs, meanings) of each input partition's collaborative
-    rephrase evidence; the least-counted quarter is dropped when full."""
+    """Rows per table (pairs, intent pairs, meanings, failures) of each input partition's
+    collaborative rephrase evidence; the least-counted quarter is dropped when full."""
     rephrase_model: bool = False
     """Let each partition's online hindsight classifier (``stream.pair_model``) decide links on
     evidence once warm, instead of the evidence rules. Off by default: a worker killed during

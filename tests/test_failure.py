@@ -176,3 +176,63 @@ def test_a_turn_heard_much_less_confidently_than_its_fix_is_blamed_on_asr() -> N
     heard = turn("i need alarms set for 6am", asr_confidence=0.9, intent="recipe",
                  nlu_confidence=0.5, signals=["rephrased"])
     assert attribute_in_hindsight(heard, fix) == "nlu" == attribute(heard, fix)
+
+
+def test_history_replaces_a_guess_that_only_says_nothing_earlier_looked_wrong() -> None:
+    from stream.failure import with_history
+
+    for weak in ("result", "entity_resolution", "unknown"):
+        assert with_history(weak, ("nlu", 0.7)) == "nlu"
+    # An unknown or unsure intent is NLU's, unless that text was mostly misheard before.
+    assert with_history("nlu", ("asr", 0.5)) == "asr"
+    assert with_history("nlu", ("entity_resolution", 0.9)) == "nlu"
+    # The turn's own evidence of a misrecognition or a false wake stays.
+    assert with_history("asr", ("result", 1.0)) == "asr"
+    assert with_history("false_wake", ("nlu", 1.0)) == "false_wake"
+    # No history, or no point that had the majority of it.
+    assert with_history("result", None) == "result"
+    assert with_history("result", ("nlu", 0.4)) == "result"
+    th = FailureThresholds(history_share=0.9)
+    assert with_history("result", ("nlu", 0.8), th) == "result"
+
+
+def test_failure_profile_is_the_majority_point_of_an_utterance() -> None:
+    from stream.pairs import PairEvidence
+
+    ev = PairEvidence()
+    assert ev.failure_profile("call tom") is None
+    for point in ("entity_resolution", "result", "entity_resolution", "entity_resolution"):
+        ev.count("", "call tom please", "call", False, True, points=[["call tom", point]])
+    assert ev.failure_profile("call tom") == ("entity_resolution", 0.5)  # 3 votes less 1 against
+    assert ev.failure_profile("call tom please") is None  # its own chains ended well
+
+
+def _given_up(history: bool, ts: int = 200_000) -> str:
+    """The failure point of "call tom" on device d2, interrupted and not rephrased: after
+    device d1's "call tom" was fixed by another name (``history``) or nothing."""
+    from stream.engine import FeedbackEngine
+    from tests.events import by_stream
+    from tests.events import turn as event
+
+    eng = FeedbackEngine(Settings(partitions=1))
+    ok = {"intent": "call", "asr_confidence": 0.9, "nlu_confidence": 0.9}
+    bad = {**ok, "slots": {"who": "tom"}, "tts_start_ts": 800, "tts_end_ts": 4_000,
+           "barge_in_ts": 1_500}
+    lines = []
+    if history:
+        lines = [event("a", 0, "call tom", **bad),
+                 event("b", 2_500, "call tom please", slots={"who": "mom"}, **ok)]
+    lines.append(event("c", ts, "call tom", "d2", **{
+        **bad, "tts_start_ts": ts + 800, "tts_end_ts": ts + 4_000, "barge_in_ts": ts + 1_500}))
+    outs = [o for line in lines for o in eng.process(line)] + eng.flush()
+    return {d["event_id"]: d["failure_point"] for d in by_stream(outs)["defects"]}["c"]
+
+
+def test_a_failure_without_a_fix_takes_the_point_its_utterance_had_in_hindsight() -> None:
+    # Alone, a confident known intent cut short looks like a bad result ...
+    assert _given_up(history=False) == "result"
+    # ... but "call tom" failed at entity resolution on another device, found in hindsight.
+    assert _given_up(history=True) == "entity_resolution"
+    # Not before that chain's observation is due (its tip final everywhere): the same
+    # decision in the replay and in a worker.
+    assert _given_up(history=True, ts=30_000) == "result"
