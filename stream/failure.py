@@ -44,6 +44,12 @@ sound-alike fix -> ``asr``; another intent -> ``nlu``; the same intent with othe
 keeps the table's guess with the turn's own rephrase; a turn without a rephrase is decided by
 the table when it is final.
 
+**History** (``with_history``): a guess made without a fix to compare with (a lone defective
+turn, or a chain that ended in a failure) takes the point that the same utterance's failures
+mostly had in hindsight, when it was only ``result`` / ``entity_resolution`` / ``unknown`` (or
+``nlu`` and the text was mostly misheard). The history is counted per input partition with
+the pair evidence (``stream.pairs.PairEvidence.failure_profile``).
+
 Pipeline order decides ties: a misheard word usually also yields a wrong or unknown intent, and
 the seed names the *earliest* component, so ASR is checked before NLU. Deterministic: only the
 two turns are read. A request that no component could serve is not recognisable here.
