@@ -197,12 +197,12 @@ def with_history(point: str, profile: tuple[str, float] | None,
     'entity_resolution'
     >>> with_history("nlu", ("result", 0.9)), with_history("nlu", ("asr", 0.6))
     ('nlu', 'asr')
-    >>> with_history("result", ("nlu", 0.4)), with_history("unknown", None)
-    ('result', 'unknown')
+    >>> with_history("result", ("nlu", 0.4)), with_history("result", ("unknown", 1.0))
+    ('result', 'result')
     """
     th = thresholds or FailureThresholds()
-    if profile is None or profile[1] < th.history_share:
-        return point
+    if profile is None or profile[0] == UNKNOWN or profile[1] < th.history_share:
+        return point  # "unknown" names no component: nothing to learn from
     if point in WEAK_GUESSES or (point == NLU and profile[0] == ASR):
         return profile[0]
     return point

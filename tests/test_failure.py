@@ -192,6 +192,7 @@ def test_history_replaces_a_guess_that_only_says_nothing_earlier_looked_wrong() 
     # No history, or no point that had the majority of it.
     assert with_history("result", None) == "result"
     assert with_history("result", ("nlu", 0.4)) == "result"
+    assert with_history("result", ("unknown", 1.0)) == "result"  # names no component
     th = FailureThresholds(history_share=0.9)
     assert with_history("result", ("nlu", 0.8), th) == "result"
 
