@@ -237,3 +237,28 @@ def test_a_failure_without_a_fix_takes_the_point_its_utterance_had_in_hindsight(
     # Not before that chain's observation is due (its tip final everywhere): the same
     # decision in the replay and in a worker.
     assert _given_up(history=True, ts=30_000) == "result"
+
+
+def test_failure_points_on_the_sample_match_the_truth() -> None:
+    """The committed sample (held out: nothing here was fitted on it) replayed in-process:
+    0.877 of its detected defects get their true failure point (0.679 before utterance
+    histories); the bound sits a little under so that a regression fails."""
+    from pathlib import Path
+
+    import orjson
+
+    from stream.engine import FeedbackEngine
+
+    data = Path(__file__).resolve().parent.parent / "data"
+    truth = {}
+    for line in (data / "sample-truth.jsonl").read_bytes().splitlines():
+        t = orjson.loads(line) if line.strip() else None
+        if t and t.get("failure_point"):
+            truth[t["event_id"]] = t["failure_point"]
+    eng = FeedbackEngine()
+    outs = [o for line in (data / "sample.jsonl").read_bytes().splitlines()
+            for o in eng.process(line)] + eng.flush()
+    pairs = [(truth[o.record["event_id"]], o.record["failure_point"]) for o in outs
+             if o.stream == "defects" and o.record["event_id"] in truth]
+    assert len(pairs) > 700
+    assert sum(a == b for a, b in pairs) / len(pairs) >= 0.85
