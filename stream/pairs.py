@@ -327,8 +327,8 @@ class PartitionedEvidence:
             keep = []
             for obs in sorted(waiting):
                 if obs[0] < ts:
-                    ev.count(obs[1], obs[2], obs[3], bool(obs[4]), bool(obs[5]), obs[7:10],
-                             obs[6])
+                    pair_x, points = _tail(obs)
+                    ev.count(obs[1], obs[2], obs[3], bool(obs[4]), bool(obs[5]), pair_x, points)
                 else:
                     keep.append(obs)
             if keep:  # still waiting: a pointer of their own (one restored device has one)
@@ -360,6 +360,20 @@ class PartitionedEvidence:
         if st.observations:
             due = min(obs[0] for obs in st.observations)
             heapq.heappush(self.partition(st.partition).due, (due, st.device_id))
+
+
+def _tail(obs: list[Any]) -> tuple[list[float], list[list[str]]]:
+    """(pair_x, hindsight points) of a waiting observation; one saved before observations
+    carried points (6 items, or 9 with pair_x) has none.
+
+    >>> _tail([1, "a", "b", "i", 1, 1, [["a", "asr"]], 0.5, 2.0, 0.0])
+    ([0.5, 2.0, 0.0], [['a', 'asr']])
+    >>> _tail([1, "a", "b", "i", 1, 1, 0.5, 2.0, 0.0])
+    ([0.5, 2.0, 0.0], [])
+    """
+    if len(obs) in (6, 9):
+        return obs[6:9], []
+    return obs[7:10], obs[6]
 
 
 def _vote(row: list[Any], at: int, value: str) -> None:
