@@ -262,3 +262,20 @@ def test_failure_points_on_the_sample_match_the_truth() -> None:
              if o.stream == "defects" and o.record["event_id"] in truth]
     assert len(pairs) > 700
     assert sum(a == b for a, b in pairs) / len(pairs) >= 0.85
+
+
+def test_observations_saved_before_they_carried_failure_points_still_count() -> None:
+    from stream.pairs import PartitionedEvidence
+    from stream.session import DeviceState
+
+    ev = PartitionedEvidence(100, 1_000)
+    old = DeviceState("d", observations=[[5, "a", "b", "alarm", 1, 1],
+                                         [6, "b", "c", "alarm", 0, 1, 0.5, 2.0, 0.0]])
+    new = DeviceState("e", observations=[[7, "", "c", "alarm", 0, 1, [["x", "nlu"]]]])
+    for st_ in (old, new):
+        ev.import_device(st_)
+    ev.advance(ev.partition(0), 10, {"d": old, "e": new}, lambda _: None)
+    part = ev.partition(0)
+    assert part.meanings["b"][0] == 1 and part.meanings["c"][0] == 2
+    assert part.pairs["b\x1fc"][0] == 1 and part.failure_profile("x") == ("nlu", 1.0)
+    assert not old.observations and not new.observations
