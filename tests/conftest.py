@@ -1,4 +1,5 @@
-"""Shared fixtures: one embedded broker per test session, unique topic names per test.
+"""Shared fixtures: one embedded broker per test session, unique topic names per test, and
+``feedback-stream`` commands run in-process.
 
 The memory broker keeps every topic until it stops (RSS grows with each run), so tests share
 one broker and keep their data apart by topic name instead of restarting it.
@@ -6,7 +7,9 @@ one broker and keep their data apart by topic name instead of restarting it.
 
 from __future__ import annotations
 
+import gc
 import re
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -60,3 +63,33 @@ def unique_topic(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return f"{label}-{test}-{uuid.uuid4().hex[:8]}"
 
     return make
+
+
+RunCli = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> RunCli:
+    """``run_cli(*args, env={...})``: ``feedback-stream ARGS`` through ``main`` in this process
+    (cwd the repo root, ``env`` added to the environment) as a CompletedProcess: what the
+    command does, without a child interpreter's ~2 s of start-up and imports."""
+    from topologies.cli import main
+
+    monkeypatch.chdir(_ROOT)
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+            code = exc.code
+        finally:
+            # replay freezes the start-up objects of its process; here that is the test run's
+            # whole heap, which then would never be collected.
+            gc.unfreeze()
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.encode(), err.encode())
+
+    return run

@@ -1,4 +1,10 @@
-"""The command line and the README agree with the code."""
+"""The command line and the README agree with the code.
+
+Most tests run a command in this process (``run_cli``, conftest.py): they check what it does
+(exit code, messages, files), and a child interpreter costs ~2 s of CPU (start-up and the
+engine's imports). True subprocesses (``cli``) stay where the process is the point: stdin,
+``--help``, an exit code through ``sys.exit``, metrics served while running, the Kafka tests.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """``feedback-stream ARGS`` in a child interpreter, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "topologies.cli", *args], input=stdin,
                           capture_output=True, timeout=120, cwd=ROOT)
 
@@ -39,23 +46,23 @@ def test_replay_reads_stdin_and_writes_every_stream(tmp_path):
     assert b"1 processed, 1 dead-lettered" in proc.stdout
 
 
-def test_replay_missing_file_is_a_clear_error(tmp_path):
-    proc = cli("replay", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"))
+def test_replay_missing_file_is_a_clear_error(tmp_path, run_cli):
+    proc = run_cli("replay", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert b"cannot read input" in proc.stderr and b"Traceback" not in proc.stderr
 
 
-def test_replay_unwritable_output_is_a_clear_error(tmp_path):
+def test_replay_unwritable_output_is_a_clear_error(tmp_path, run_cli):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = cli("replay", str(ROOT / "data" / "sample.jsonl"), "--out", str(blocker / "sub"))
+    proc = run_cli("replay", str(ROOT / "data" / "sample.jsonl"), "--out", str(blocker / "sub"))
     assert proc.returncode == 2
     assert b"cannot write to output directory" in proc.stderr and b"Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("command", ["replay", "demo", "worker", "broker", "produce"])
-def test_every_command_has_help(command):
-    proc = cli(command, "--help")
+def test_every_command_has_help(command, run_cli):
+    proc = run_cli(command, "--help")
     assert proc.returncode == 0 and len(proc.stdout) > 300, proc.stderr
 
 
@@ -285,20 +292,20 @@ def test_unreachable_broker_is_a_fast_clear_error(tmp_path):
     ("demo", "--top", "0"),
     ("worker", "--partitions", "0"),
 ])
-def test_count_options_must_be_positive(args, tmp_path):
-    proc = cli(*args, "--out", str(tmp_path)) if args[0] == "replay" else cli(*args)
+def test_count_options_must_be_positive(args, tmp_path, run_cli):
+    proc = run_cli(*args, "--out", str(tmp_path)) if args[0] == "replay" else run_cli(*args)
     assert proc.returncode == 2, proc.stderr
     assert b"is not >= 1" in proc.stderr and b"Traceback" not in proc.stderr
 
 
-def test_metrics_hold_without_metrics_port_is_a_usage_error(tmp_path):
-    proc = cli("replay", "data/sample.jsonl", "--out", str(tmp_path), "--metrics-hold", "5")
+def test_metrics_hold_without_metrics_port_is_a_usage_error(tmp_path, run_cli):
+    proc = run_cli("replay", "data/sample.jsonl", "--out", str(tmp_path), "--metrics-hold", "5")
     assert proc.returncode == 2
     assert b"--metrics-hold needs --metrics-port" in proc.stderr
     assert not list(tmp_path.iterdir())  # refused before doing anything
 
 
-def test_binary_input_is_an_input_error_and_bad_lines_are_counted(tmp_path):
+def test_binary_input_is_an_input_error_and_bad_lines_are_counted(tmp_path, run_cli):
     """A file with no valid event (here: random bytes) is an input error: exit 2 with the
     dead-letter count, outputs still written for inspection. A file with some bad lines
     replays (exit 0) and says how many were dead-lettered."""
@@ -307,7 +314,7 @@ def test_binary_input_is_an_input_error_and_bad_lines_are_counted(tmp_path):
     blob = tmp_path / "blob.bin"
     rng = random.Random(7)
     blob.write_bytes(bytes(rng.randrange(256) for _ in range(20_000)))
-    proc = cli("replay", str(blob), "--out", str(tmp_path / "o1"), "--no-progress")
+    proc = run_cli("replay", str(blob), "--out", str(tmp_path / "o1"), "--no-progress")
     assert proc.returncode == 2, proc.stderr
     dead = (tmp_path / "o1" / "dead-letter.jsonl").read_bytes().count(b"\n")
     assert dead > 0
@@ -316,12 +323,12 @@ def test_binary_input_is_an_input_error_and_bad_lines_are_counted(tmp_path):
 
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_bytes(turn("a", 0, "play jazz") + b"\n\x00\xff\n{broken\n")
-    proc = cli("replay", str(mixed), "--out", str(tmp_path / "o2"), "--no-progress")
+    proc = run_cli("replay", str(mixed), "--out", str(tmp_path / "o2"), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "warning: 2 lines of" in proc.stderr.decode() and "dead-lettered" in \
         proc.stderr.decode()
 
-    proc = cli("demo", "--file", str(blob), "--no-progress")  # refused before any broker
+    proc = run_cli("demo", "--file", str(blob), "--no-progress")  # refused before any broker
     assert proc.returncode == 2 and b"no valid event" in proc.stderr, proc.stderr
 
 
