@@ -207,11 +207,35 @@ async def refresh_gauges() -> None:
     if watermark:
         metrics.set_watermark_delay(time.time() - watermark / 1000.0)
     consumer = app.consumer
+    lags: dict[str, int] = {}
     for tp in consumer.assignment():
         read = faust_fixes.read_offset(consumer, tp)
         highwater = consumer.highwater(tp)  # from fetch responses: right even on tansu
         if read is not None and highwater is not None:
             metrics.set_lag(tp.topic, tp.partition, highwater - read - 1)
+            lags[tp.topic] = lags.get(tp.topic, 0) + max(highwater - read - 1, 0)
+    _log_progress(lags)
+
+
+_progress: dict[str, Any] = {"at": 0.0, "line": ""}
+
+
+def _log_progress(lags: dict[str, int]) -> None:
+    """One INFO line every ``progress_log_s`` when something moved: what was consumed and
+    what is still waiting, so a worker's log shows whether it is busy, stuck or idle."""
+    now = time.monotonic()
+    if now - _progress["at"] < settings.progress_log_s:
+        return
+    events = stats.events
+    outcomes = {o: sum(n for (_, outcome), n in events.items() if outcome == o)
+                for o in ("ok", "duplicate", "dead_letter")}
+    line = (f"progress: input events {outcomes['ok']} ok, {outcomes['duplicate']} "
+            f"duplicate, {outcomes['dead_letter']} dead-lettered; lag "
+            + (", ".join(f"{topic} {lag}" for topic, lag in sorted(lags.items())) or "unknown"))
+    if line != _progress["line"]:
+        log.info("%s", line)
+        _progress["line"] = line
+    _progress["at"] = now
 
 
 @app.page("/metrics")

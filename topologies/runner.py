@@ -177,14 +177,18 @@ def collect_outputs(settings: KafkaSettings, expected: Counter[str], timeout_s: 
     replay's last estimates) is compared with the sum of ``plays`` over the last record of
     each key, i.e. the topic is complete once every update is counted.
 
-    Fails with the worker's log tail if the worker died or the records did not arrive in time.
+    Fails with the worker's log tail if the worker died or no new record arrived for
+    ``timeout_s`` (a slow machine only makes the wait longer, up to ``5 * timeout_s`` in all;
+    a stuck worker fails after ``timeout_s``).
     """
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     results: dict[str, list[dict[str, Any]]] = {}
     for name in OUTPUT_STREAMS:
         want = expected.get(name, 0)
         counted_by_key = name in (DEFECT_RATES, REWRITE_TRIGGERS)
         read_up_to: int | None = None if counted_by_key else want or None
+        best = -1
         while True:
             if worker is not None and not worker.alive():
                 raise PipelineError(f"worker exited with {worker.proc.returncode}:\n"
@@ -200,11 +204,16 @@ def collect_outputs(settings: KafkaSettings, expected: Counter[str], timeout_s: 
                     read_up_to = None  # repeats: read until the topic goes quiet instead
             if got >= want:
                 break
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if got > best:  # progress: the worker is slow, not stuck
+                best = got
+                deadline = max(deadline, min(now + timeout_s, started + 5 * timeout_s))
+            if now > deadline:
                 tail = worker.log_tail() if worker else ""
                 what = "plays counted" if name == DEFECT_RATES else "records"
                 raise PipelineError(f"{settings.topic(name)}: {got} of {want} {what} "
-                                    f"after {timeout_s:.0f} s\n{tail}")
+                                    f"after {now - started:.0f} s, none new for "
+                                    f"{timeout_s:.0f} s\n{tail}")
         results[name] = values
     return results
 

@@ -34,6 +34,8 @@ class KafkaSettings(Settings):
     batch_within_s: float = 0.05
     fetch_max_wait_ms: int = 100
     """How long the broker may hold a fetch that finds no data (Faust hard-codes 1500)."""
+    progress_log_s: float = 30.0
+    """How often the worker logs one progress line (events consumed, lag), when it changed."""
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
