@@ -27,6 +27,7 @@ from stream.records import CHAINS, KEY_TYPES, RATE_UPDATES, Output, event_ts
 from stream.stats import EngineStats
 from stream.text import normalize
 from topologies import faust_fixes
+from topologies.diagnostics import install_task_dump
 from topologies.faust_config import faust_config
 from topologies.kafka_io import KafkaIOError, check_reachable, check_tls, security_options
 from topologies.metrics import PipelineMetrics
@@ -167,6 +168,7 @@ async def _after_startup() -> None:
     # A task, not app.on_startup_finished: Faust's Worker takes that slot for itself.
     faust_fixes.install_offset_guard(app, settings.input_topic)  # before the first commit
     await faust_fixes.stop_debug_logging_after_startup()
+    install_task_dump()  # kill -USR1 <pid>: where every task waits (docs/operations.md)
     gc.freeze()  # Faust's, aiokafka's and our start-up objects out of every full collection
 
 

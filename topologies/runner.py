@@ -80,6 +80,14 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def dump_stacks(self, wait_s: float = 1.0) -> None:
+        """Ask the worker to write where its tasks wait into its log
+        (``topologies.diagnostics``)."""
+        if self.alive():
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(wait_s)
+
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None:
             return "(worker output went to the terminal)"
@@ -209,7 +217,10 @@ def collect_outputs(settings: KafkaSettings, expected: Counter[str], timeout_s: 
                 best = got
                 deadline = max(deadline, min(now + timeout_s, started + 5 * timeout_s))
             if now > deadline:
-                tail = worker.log_tail() if worker else ""
+                tail = ""
+                if worker is not None:
+                    worker.dump_stacks()
+                    tail = worker.log_tail(400)
                 what = "plays counted" if name == DEFECT_RATES else "records"
                 raise PipelineError(f"{settings.topic(name)}: {got} of {want} {what} "
                                     f"after {now - started:.0f} s, none new for "
