@@ -4,6 +4,7 @@ restarts included."""
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 import orjson
@@ -14,9 +15,24 @@ from stream.engine import FeedbackEngine
 from stream.pair_model import FEATURES
 from stream.pairs import PairEvidence
 from stream.partition import murmur2, partition_of
-from stream.records import REPHRASES, REWRITE_TRIGGERS
+from stream.records import CHAINS, RATE_UPDATES, REPHRASES, REWRITE_TRIGGERS
 from stream.settings import Settings
-from tests.test_processors import canonical, replay_records, run_pipeline, to_messages
+from tests.scale import FULL
+from tests.test_processors import (
+    PARTITIONS,
+    batches_of,
+    canonical,
+    replay_records,
+    run_pipeline,
+    to_messages,
+)
+from topologies.processors import (
+    DeviceProcessor,
+    PersonalRewrites,
+    expand_chains,
+    expand_rate_updates,
+)
+from topologies.settings import KafkaSettings
 
 ALARM = ("wake me up at seven", "set an alarm for 7 am")
 
@@ -152,3 +168,100 @@ def test_a_confident_intent_people_do_not_mean_is_blamed_on_nlu():
                      tts_end_ts=305_000, barge_in_ts=302_000))
     defects = by_stream(eng.flush())["defects"]
     assert [(d["event_id"], d["failure_point"]) for d in defects] == [("bad", "nlu")]
+
+
+class RecordingTable(dict):
+    """A view of ``table`` that applies writes and records them, in order, in ``log`` (shared
+    by the tables of one worker, as one producer sends them)."""
+
+    def __init__(self, name: str, table: dict, log: list) -> None:
+        super().__init__()
+        self.name, self.table, self.log = name, table, log
+
+    def get(self, key, default=None):
+        return self.table.get(key, default)
+
+    def __setitem__(self, key, value) -> None:
+        self.log.append((self.name, key, value))
+        self.table[key] = value
+
+    def pop(self, key, default=None):
+        self.log.append((self.name, key, None))
+        return self.table.pop(key, default)
+
+
+def stage1(settings: KafkaSettings, tables: dict) -> DeviceProcessor:
+    return DeviceProcessor(settings, tables["devices"],
+                           chains=PersonalRewrites(settings, tables["personal"]))
+
+
+@pytest.fixture(scope="module")
+def crash_point() -> dict:
+    """A clean stage-1 run with the model on: each batch's outputs, the tables just before
+    the state writes of batch ``crash_at`` (its outputs were published), those writes in
+    order, and the final tables."""
+    settings = KafkaSettings(partitions=PARTITIONS, rephrase_model=True)
+    batches = batches_of(population_lines())
+    crash_at = len(batches) - 6
+    tables: dict = {"devices": {}, "personal": {}}
+    devices, outputs, writes, before = stage1(settings, tables), [], [], {}
+    for n, batch in enumerate(batches):
+        outputs.append(devices.process(batch))
+        if n == crash_at:
+            before = copy.deepcopy(tables)
+            devices.table = RecordingTable("devices", tables["devices"], writes)
+            devices.chains.table = RecordingTable("personal", tables["personal"], writes)
+        devices.commit()
+        if n == crash_at:
+            devices.table, devices.chains.table = tables["devices"], tables["personal"]
+    assert all(e.devices.evidence.partition(p).model.warm for p, e in devices.engines.items())
+    return {"settings": settings, "batches": batches, "crash_at": crash_at, "outputs": outputs,
+            "before": before, "writes": writes, "after": tables}
+
+
+def landings(writes: int) -> list[int]:
+    """Every prefix of the state writes in the full suite, a spread of them in the quick one."""
+    return list(range(writes + 1)) if FULL else sorted(
+        {*range(0, writes + 1, max(1, writes // 12)), 1, writes - 1, writes})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rewind", [0, 2])
+def test_killed_at_any_state_write_stage1_goes_on_exactly_as_without_the_kill(crash_point,
+                                                                            rewind):
+    """SIGKILL during a batch's state writes (any prefix of them landed), with the classifier
+    on, input offsets committed ``rewind`` batches earlier: the restarted stage 1 publishes,
+    from the killed batch on, exactly the records of the run without the kill (the run the
+    replay gives: ``test_partitioned_pipeline_with_restarts_equals_replay_on_evidence_links``)
+    and ends with exactly its state: every observation counted once, the model taught once
+    by each, in the same order."""
+    c = crash_point
+    crash_at, writes = c["crash_at"], c["writes"]
+    assert len(writes) > 100
+    for landing in landings(len(writes)):
+        tables = copy.deepcopy(c["before"])
+        for name, key, value in writes[:landing]:
+            if value is None:
+                tables[name].pop(key, None)
+            else:
+                tables[name][key] = value
+        devices, rerun = stage1(c["settings"], tables), []
+        for batch in c["batches"][crash_at - rewind:]:
+            rerun.append(devices.process(batch))
+            devices.commit()
+        # The killed batch again (nothing from partitions whose writes all landed: their
+        # outputs went out before), then exactly what the run without the kill published.
+        assert items(rerun[rewind]) <= items(c["outputs"][crash_at]), landing
+        assert rerun[rewind + 1:] == c["outputs"][crash_at + 1:], landing
+        assert tables == c["after"], landing
+
+
+def items(outputs: list) -> set[bytes]:
+    """Records, merged ones taken apart."""
+    def parts(out):
+        if out.stream == RATE_UPDATES:
+            return [[out.key, u] for u in expand_rate_updates(out.record)]
+        if out.stream == CHAINS:
+            return expand_chains(out.record)
+        return [[out.stream, out.key, out.record]]
+    return {orjson.dumps(p, option=orjson.OPT_SORT_KEYS) for out in outputs for p in parts(out)}

@@ -164,6 +164,9 @@ class CrashingTable(dict):
         super().__init__()
         self.table, self.budget = table, budget
 
+    def get(self, key, default=None):
+        return self.table.get(key, default)
+
     def __setitem__(self, key, value) -> None:
         if self.budget[0] > 0:
             self.budget[0] -= 1

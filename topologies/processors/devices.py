@@ -13,6 +13,7 @@ from stream.records import Output
 from stream.stats import EngineStats
 from topologies.processors.merging import coalesce
 from topologies.processors.state import co_partitioned, decode, partition_of
+from topologies.processors.undo import UndoLog
 from topologies.settings import KafkaSettings
 from topologies.types import ChainLearner, Message
 
@@ -72,12 +73,14 @@ class DeviceProcessor:
         """Input partition -> offset of the last message processed (-1: none)."""
         self.saved: dict[int, tuple[int, ...]] = {}
         """Input partition -> (stream watermark, offset, evidence meta) as last written."""
+        self.undo: dict[int, UndoLog] = {}
 
     def reset(self) -> None:
         """Forget in-memory state (after a rebalance); it is reloaded from the table."""
         self.engines.clear()
         self.offsets.clear()
         self.saved.clear()
+        self.undo.clear()
         if self.chains is not None:
             self.chains.reset()
 
@@ -90,12 +93,16 @@ class DeviceProcessor:
             eng.devices.evidence.track = True
             evidence = eng.devices.evidence.partition(partition)
             n = self.settings.partitions
+            rows = {key: blob for key, blob in self.table.items()
+                    if blob is not None  # None: a deletion (tombstone) from the changelog
+                    and partition_of(key, n) == partition}
+            # A commit killed before its commit point (the watermark entry) is undone first.
+            mark = rows.get(watermark_key(partition, n))
+            committed = decode(mark).get("offset", -1) if mark is not None else -1
+            self.undo[partition] = UndoLog(partition, n)
+            self.undo[partition].recover(self.table, rows, committed)
             states, seen_rows = [], []
-            for key, blob in list(self.table.items()):
-                if blob is None:  # a deletion (tombstone) restored from the changelog
-                    continue
-                if partition_of(key, n) != partition:
-                    continue
+            for key, blob in rows.items():
                 if key.startswith(SEEN_PREFIX):  # raw fingerprints, not JSON
                     seen_rows.append((*seen_row(key), blob))
                     continue
@@ -144,45 +151,60 @@ class DeviceProcessor:
         were acknowledged, so a crash in between makes the batch run again (at-least-once)
         instead of finding its events already in the state (lost outputs).
 
-        Order matters when a crash lets only the first writes land: personal miners first
-        (a miner ahead of its device state re-learns nothing: re-emitted chains are
-        recognised), then the seen-events filter (ahead of the devices it only holds events
-        the re-processed batch admits again, and it is only asked about events older than
-        their device's lateness or than the restored watermark), then the devices, then each
-        partition's watermark."""
+        Per partition, a batch's rows land as a whole or not at all (``undo``): first the
+        undo entry (the rows' values before the batch), then the seen-events filter, device
+        and pair-evidence rows, and last the partition's watermark entry, the commit point.
+        The personal miners come before all that (a miner ahead of its device state re-learns
+        nothing: re-emitted chains are recognised)."""
         if self.chains is not None:
             self.chains.commit()
         n = self.settings.partitions
         for partition, eng in self.engines.items():
-            devices = eng.devices
-            rows, gone = devices.seen.take_rows()
-            for generation, row, blob in rows:
-                self.table[seen_row_key(partition, generation, row, n)] = blob
-            for generation, count in gone:
-                for row in range(count):
-                    self.table.pop(seen_row_key(partition, generation, row, n), None)
-            dirty, removed = devices.take_changes()
-            for device_id in dirty:
-                self.table[co_partitioned(device_id, partition, n)] = orjson.dumps(
-                    devices.snapshot(device_id))
-            for device_id in removed:
-                self.table.pop(co_partitioned(device_id, partition, n), None)
-            evidence = devices.evidence.partition(partition)
-            changed, dropped = evidence.take_changes()
-            for name, key in changed:
-                self.table[evidence_key(partition, n, name, key)] = orjson.dumps(
-                    evidence.snapshot(name, key))
-            for name, key in dropped:
-                self.table.pop(evidence_key(partition, n, name, key), None)
-            position = (devices.watermark, self.offsets[partition], *evidence.snapshot_meta())
+            writes = self._writes(partition, eng)
+            undo = self.undo[partition]
+            if writes:
+                undo.write(self.table, self.offsets[partition], writes)
+                for key, blob in writes.items():
+                    if blob is None:
+                        self.table.pop(key, None)
+                    else:
+                        self.table[key] = blob
+            evidence = eng.devices.evidence.partition(partition)
+            position = (eng.devices.watermark, self.offsets[partition],
+                        *evidence.snapshot_meta())
             if position != self.saved.get(partition):
-                # Last: on the changelog (same partition), a restored watermark and offset
-                # imply the device states (and evidence rows) written before them.
-                key = watermark_key(partition, n)
-                self.table[key] = orjson.dumps({"watermark": position[0],
-                                                "offset": position[1],
-                                                "evidence": list(position[2:])})
+                self.table[watermark_key(partition, n)] = orjson.dumps({
+                    "watermark": position[0], "offset": position[1],
+                    "evidence": list(position[2:])})
                 self.saved[partition] = position
+            if writes:
+                undo.tidy(self.table)
+
+    def _writes(self, partition: int, eng: DeviceEngine) -> dict[str, bytes | None]:
+        """The partition's rows changed since the last commit (None: deleted)."""
+        n = self.settings.partitions
+        devices = eng.devices
+        writes: dict[str, bytes | None] = {}
+        rows, gone = devices.seen.take_rows()
+        for generation, row, blob in rows:
+            writes[seen_row_key(partition, generation, row, n)] = blob
+        for generation, count in gone:
+            for row in range(count):
+                writes[seen_row_key(partition, generation, row, n)] = None
+        dirty, removed = devices.take_changes()
+        for device_id in dirty:
+            writes[co_partitioned(device_id, partition, n)] = orjson.dumps(
+                devices.snapshot(device_id))
+        for device_id in removed:
+            writes[co_partitioned(device_id, partition, n)] = None
+        evidence = devices.evidence.partition(partition)
+        changed, dropped = evidence.take_changes()
+        for name, key in changed:
+            writes[evidence_key(partition, n, name, key)] = orjson.dumps(
+                evidence.snapshot(name, key))
+        for name, key in dropped:
+            writes[evidence_key(partition, n, name, key)] = None
+        return writes
 
     def state_sizes(self) -> dict[str, int]:
         return {"devices": sum(len(e.devices.devices) for e in self.engines.values())}
