@@ -2,16 +2,16 @@
 in-process engine with capped settings.
 
 One turn per device (device ``d<i>``), utterances cycling over 200,000 distinct strings
-(full scale),
-timestamps 10 ms apart. With ``device_idle_ms`` = 60 s and the default 60 s allowed lateness,
-at most ~12,000 devices can be alive at any time; every estimator key type is capped at
-``max_tracked_keys`` = 50,000 (200,000 utterances: the LRU evicts all the time).
+(full scale), timestamps 10 ms apart. With ``device_idle_ms`` = 60 s and the default 60 s
+allowed lateness, at most ~12,000 devices can be alive at any time; every estimator key type is
+capped at ``max_tracked_keys`` = 50,000 (200,000 utterances: the LRU evicts all the time).
 
 Size: 1,000,000 turns (one device each) at full scale (CI, tests/scale.py): ~75 s on a
-2-core machine. The quick core suite runs the same checks a twentieth the size (50,000 turns
-over 10,000 utterances, caps of 2,500): the caps are still reached early and evicted from all
-the time. ``FEEDBACK_STREAM_TEST_BOUNDED_EVENTS`` overrides the number of turns. Every check below
-is stated relative to these numbers.
+2-core machine. The quick core suite runs the same checks a fiftieth the size (20,000 turns
+over 4,000 utterances, caps of 1,000, timestamps 25 ms apart so that at most ~4,800 devices are
+alive): every cap, the device bound included, is reached by the first checkpoint and evicted
+from all the time. ``FEEDBACK_STREAM_TEST_BOUNDED_EVENTS`` overrides the number of turns. Every
+check below is stated relative to these numbers.
 """
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ from stream.engine import FeedbackEngine
 from stream.settings import Settings
 from tests.scale import scaled
 
-pytestmark = pytest.mark.slow  # ~75 s alone at full scale, ~5 s quick
+pytestmark = pytest.mark.slow  # ~75 s alone at full scale, ~3 s quick
 
 N_EVENTS = int(os.environ.get("FEEDBACK_STREAM_TEST_BOUNDED_EVENTS",
-                              scaled(1_000_000, 50_000)))
-N_UTTERANCES = scaled(200_000, 10_000)
-CAP = scaled(50_000, 2_500)
+                              scaled(1_000_000, 20_000)))
+N_UTTERANCES = scaled(200_000, 4_000)
+CAP = scaled(50_000, 1_000)
 IDLE_MS = 60_000
-STEP_MS = 10
+# Quick: wider steps keep fewer devices alive (lateness + idle time over the step), so the
+# device bound is reached and evicted from early in the smaller run, as the caps are.
+STEP_MS = scaled(10, 25)
 CHECKPOINTS = 4
 
 
