@@ -82,10 +82,11 @@ class HindsightModel:
         self.learned += 1
 
     def proba(self, x: dict[str, float]) -> float:
-        """P(positive hindsight label | x), from the weights rounded to ``STEP``: a worker
-        that lost a few observations in a crash (its partial state writes, see
-        ``topologies.processors.devices``) learns weights a hair off the replay's and must
-        still decide the same (the unrounded weights keep learning)."""
+        """P(positive hindsight label | x), from the weights rounded to ``STEP`` (the
+        unrounded weights keep learning). The rounding dates from when a worker killed during
+        its state writes could lose a few observations and learn weights a hair off the
+        replay's; those writes are all-or-nothing now (``topologies.processors.undo``), and
+        the rounding stays because the link thresholds were set with it."""
         w = self.lr._weights
         z = round(self.lr.intercept / STEP) * STEP + sum(
             round(w.get(f, 0.0) / STEP) * STEP * x[f] for f in FEATURES)

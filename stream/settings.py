@@ -61,11 +61,9 @@ class Settings:
     pair_evidence_max_pairs: int = 20_000
     """Rows per table (pairs, intent pairs, meanings, failures) of each input partition's
     collaborative rephrase evidence; the least-counted quarter is dropped when full."""
-    rephrase_model: bool = False
+    rephrase_model: bool = True
     """Let each partition's online hindsight classifier (``stream.pair_model``) decide links on
-    evidence once warm, instead of the evidence rules. Off by default: a worker killed during
-    its state writes can lose a few observations and then decide a borderline link otherwise
-    than the replay."""
+    evidence once warm, instead of the evidence rules (off: the rules always decide)."""
     # --- estimates ---
     max_tracked_keys: int = 200_000
     """Cap on defect-rate estimators per key type (least recently updated are evicted)."""

@@ -1,8 +1,9 @@
 """Detectors against the generator's ground truth, and the replay command's golden outputs.
 
 The sample (seed 7) was not used to fit the rephrase scorer (seed 1), so these are held-out
-figures. Thresholds sit a little under what the shipped scorer reaches (rephrase precision
-0.993 / recall 0.953, defect precision 0.999 / recall 0.983) so a regression fails.
+figures. Thresholds sit a little under what the default settings reach (rephrase precision
+0.970 / recall 0.964, defect precision 0.988 / recall 0.988, the rephrase classifier on; with
+the rules alone 0.993 / 0.957 and 0.999 / 0.984) so a regression fails.
 """
 
 from __future__ import annotations
@@ -56,14 +57,14 @@ def test_rephrase_precision_recall(replayed, truth):
     actual = {(t["event_id"], t["rephrase_of"]) for t in truth if t.get("rephrase_of")}
     predicted = {(r["event_id"], r["rephrase_of"]) for r in replayed["rephrases"]}
     precision, recall = precision_recall(predicted, actual)
-    assert precision >= 0.98 and recall >= 0.93, (precision, recall)
+    assert precision >= 0.96 and recall >= 0.94, (precision, recall)
 
 
 def test_defect_labels_precision_recall(replayed, truth):
     actual = {t["event_id"] for t in truth if t.get("defective")}
     predicted = {r["event_id"] for r in replayed["defects"]}
     precision, recall = precision_recall(predicted, actual)
-    assert precision >= 0.99 and recall >= 0.97, (precision, recall)
+    assert precision >= 0.98 and recall >= 0.98, (precision, recall)
 
 
 def test_every_malformed_line_is_dead_lettered_with_a_reason(replayed, truth):
