@@ -1,4 +1,4 @@
-"""``topologies.diagnostics``: a task dump names the coroutine each task waits in."""
+"""``topologies.diagnostics``: a task dump names the coroutines each task waits in."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import io
 from topologies.diagnostics import dump_tasks
 
 
-def test_dump_names_every_task_and_where_it_waits() -> None:
-    async def waits_for_ack(event: asyncio.Event) -> None:
+def test_dump_shows_the_whole_await_chain_of_every_task() -> None:
+    async def wait_for_ack(event: asyncio.Event) -> None:
         await event.wait()
+
+    async def publish(event: asyncio.Event) -> None:
+        await wait_for_ack(event)
 
     async def main() -> str:
         event = asyncio.Event()
-        task = asyncio.create_task(waits_for_ack(event), name="publisher")
+        task = asyncio.create_task(publish(event), name="publisher")
         await asyncio.sleep(0)
         out = io.StringIO()
         dump_tasks(out)
@@ -23,5 +26,6 @@ def test_dump_names_every_task_and_where_it_waits() -> None:
         return out.getvalue()
 
     text = asyncio.run(main())
-    assert "2 asyncio tasks" in text
-    assert "waits_for_ack" in text and "publisher" in text
+    chain = text[text.index("task publisher:"):].splitlines()[1:5]
+    assert [line.rsplit(" ", 1)[-1] for line in chain[:3]] == ["publish", "wait_for_ack", "wait"]
+    assert "--- threads ---" in text and "MainThread" in text

@@ -1,5 +1,6 @@
-"""Where a running worker waits: ``kill -USR1 <pid>`` writes every asyncio task's stack and
-every thread's stack to stderr (the worker's log).
+"""Where a running worker waits: ``kill -USR1 <pid>`` writes, for every asyncio task of every
+event loop in the process (the worker's and the Kafka consumer thread's), the chain of awaits
+it is suspended in, then every thread's stack, to stderr (the worker's log).
 
 A worker that stops making progress without an error (its ``progress:`` log line stops
 changing while input waits) shows here which await holds it: a produce that is never
@@ -10,30 +11,59 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
-import io
+import gc
 import signal
 import sys
+import threading
+import traceback
+from typing import Any, TextIO
 
 
-def dump_tasks(out: io.TextIOBase | None = None) -> None:
-    """Write the stack of every task of the running loop, then of every thread."""
-    stream = out or sys.stderr
-    tasks = asyncio.all_tasks()
-    stream.write(f"--- {len(tasks)} asyncio tasks ---\n")
-    for task in sorted(tasks, key=lambda t: t.get_name()):
-        buffer = io.StringIO()
-        task.print_stack(limit=12, file=buffer)
-        stream.write(buffer.getvalue())
+def await_chain(coro: Any, limit: int = 40) -> list[str]:
+    """``file:line function`` of each coroutine (or generator) ``coro`` awaits, outermost
+    first, and what the innermost one waits for (a future, a task)."""
+    lines: list[str] = []
+    while coro is not None and len(lines) < limit:
+        frame = (getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                 or getattr(coro, "ag_frame", None))
+        if frame is None:
+            lines.append(f"waits for {coro!r}"[:300])
+            break
+        lines.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = (getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+                or getattr(coro, "ag_await", None))
+    return lines
+
+
+def event_loops() -> list[asyncio.AbstractEventLoop]:
+    """Every open event loop of the process (Faust runs its consumer in a thread with one)."""
+    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]
+    return [loop for loop in loops if not loop.is_closed()]
+
+
+def dump_tasks(out: TextIO | None = None) -> None:
+    """Write the await chain of every task of every loop, then every thread's stack."""
+    stream = out or sys.__stderr__ or sys.stderr
+    for loop in event_loops():
+        try:
+            tasks = list(asyncio.all_tasks(loop))
+        except RuntimeError:  # another thread changed the set meanwhile: try once more
+            tasks = list(asyncio.all_tasks(loop))
+        stream.write(f"--- event loop {id(loop):#x}: {len(tasks)} tasks ---\n")
+        for task in sorted(tasks, key=lambda t: t.get_name()):
+            stream.write(f"task {task.get_name()}:\n")
+            for line in await_chain(task.get_coro()):
+                stream.write(f"    {line}\n")
+    names = {t.ident: t.name for t in threading.enumerate()}
     stream.write("--- threads ---\n")
-    stream.flush()
-    if stream is sys.stderr:
-        faulthandler.dump_traceback(all_threads=True)
+    for ident, frame in sys._current_frames().items():
+        stream.write(f"thread {names.get(ident, ident)}:\n")
+        stream.write("".join(traceback.format_stack(frame, limit=15)))
     stream.flush()
 
 
 def install_task_dump(loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Dump on SIGUSR1 (idempotent; a no-op where the loop cannot take signal handlers)."""
+    """Dump on SIGUSR1 (a no-op where the loop cannot take signal handlers)."""
     loop = loop or asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
