@@ -29,3 +29,31 @@ def test_dump_shows_the_whole_await_chain_of_every_task() -> None:
     chain = text[text.index("task publisher:"):].splitlines()[1:5]
     assert [line.rsplit(" ", 1)[-1] for line in chain[:3]] == ["publish", "wait_for_ack", "wait"]
     assert "--- threads ---" in text and "MainThread" in text
+
+
+def test_loops_of_service_threads_are_found() -> None:
+    """Faust's consumer runs in a ``mode`` service thread with its own loop."""
+    import threading
+    from types import SimpleNamespace
+
+    from topologies.diagnostics import event_loops
+
+    loop = asyncio.new_event_loop()
+    ready, stop = threading.Event(), threading.Event()
+
+    class ServiceThread(threading.Thread):
+        service = SimpleNamespace(thread_loop=loop)
+
+        def run(self) -> None:
+            ready.set()
+            stop.wait(10)
+
+    thread = ServiceThread()
+    thread.start()
+    try:
+        ready.wait(10)
+        assert loop in event_loops()
+    finally:
+        stop.set()
+        thread.join()
+        loop.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import sys
 import threading
@@ -36,8 +35,15 @@ def await_chain(coro: Any, limit: int = 40) -> list[str]:
 
 
 def event_loops() -> list[asyncio.AbstractEventLoop]:
-    """Every open event loop of the process (Faust runs its consumer in a thread with one)."""
-    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]
+    """The running loop and the loops of service threads (``mode`` runs Faust's consumer in
+    a thread with a loop of its own, ``thread.service.thread_loop``)."""
+    loops: list[asyncio.AbstractEventLoop] = []
+    with contextlib.suppress(RuntimeError):
+        loops.append(asyncio.get_running_loop())
+    for thread in threading.enumerate():
+        loop = getattr(getattr(thread, "service", None), "thread_loop", None)
+        if isinstance(loop, asyncio.AbstractEventLoop) and loop not in loops:
+            loops.append(loop)
     return [loop for loop in loops if not loop.is_closed()]
 
 
