@@ -372,11 +372,9 @@ def test_demo_removes_its_temp_files_unless_asked_to_keep_them(tmp_path):
 
 @pytest.mark.parametrize("variable, value", [("FEEDBACK_STREAM_DEAD_LETTER_RAW", "bogus"),
                                              ("FEEDBACK_STREAM_REPHRASE_WINDOW_MS", "abc")])
-def test_bad_setting_is_one_line_and_usage_exit_code(tmp_path, variable, value):
-    proc = subprocess.run([sys.executable, "-m", "topologies.cli", "replay",
-                           str(ROOT / "data" / "sample.jsonl"), "--out", str(tmp_path)],
-                          capture_output=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, variable: value})
+def test_bad_setting_is_one_line_and_usage_exit_code(tmp_path, run_cli, variable, value):
+    proc = run_cli("replay", str(ROOT / "data" / "sample.jsonl"), "--out", str(tmp_path),
+                   env={variable: value})
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.decode()
     assert "Traceback" not in err and f"{variable}={value!r}" in err, err
