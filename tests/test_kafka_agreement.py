@@ -12,7 +12,8 @@ from stream.records import DEAD_LETTER, OUTPUT_STREAMS
 from stream.settings import Settings
 from tests.prom import metric_total
 from tests.test_dedupe import PARSED_DEAD_LETTERS, event_count, replay
-from tests.test_faults import committed_offsets, metrics
+from tests.test_faults import metrics
+from tests.test_faults_delivery import committed_offsets
 from tests.test_kafka_pipeline import SAMPLE, canonical, expected_records, pipeline_settings
 from tests.test_processors import idle_gap_lines
 from topologies.kafka_io import produce_file

@@ -1,7 +1,7 @@
 """OffsetGuard without a broker: a commit never reaches a broker that lost our offsets.
 
 The broker-level behaviour (restart of the embedded broker under a running worker) is
-tests/test_faults.py::test_broker_restart_is_not_silent."""
+tests/test_faults_delivery.py::test_broker_restart_is_not_silent."""
 
 from __future__ import annotations
 
