@@ -168,8 +168,19 @@ async def _after_startup() -> None:
     # A task, not app.on_startup_finished: Faust's Worker takes that slot for itself.
     faust_fixes.install_offset_guard(app, settings.input_topic)  # before the first commit
     await faust_fixes.stop_debug_logging_after_startup()
-    install_task_dump()  # kill -USR1 <pid>: where every task waits (docs/operations.md)
+    # kill -USR1 <pid>: where every task waits (docs/operations.md)
+    install_task_dump(None, _consumer_flow_state, _stream_queues)
     gc.freeze()  # Faust's, aiokafka's and our start-up objects out of every full collection
+
+
+def _consumer_flow_state() -> str:
+    """consumer partitions"""
+    return faust_fixes.flow_state(app.consumer)
+
+
+def _stream_queues() -> str:
+    """stream buffers"""
+    return faust_fixes.stream_queues(app)
 
 
 @app.on_before_shutdown.connect

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any, TextIO
 
 
@@ -47,9 +48,19 @@ def event_loops() -> list[asyncio.AbstractEventLoop]:
     return [loop for loop in loops if not loop.is_closed()]
 
 
+_reporters: list[Callable[[], str]] = []
+"""Extra state written first (e.g. the Faust consumer's partition sets)."""
+
+
 def dump_tasks(out: TextIO | None = None) -> None:
-    """Write the await chain of every task of every loop, then every thread's stack."""
+    """Write the registered reports, the await chain of every task of every loop, then every
+    thread's stack."""
     stream = out or sys.__stderr__ or sys.stderr
+    for report in _reporters:
+        try:
+            stream.write(f"--- {report.__doc__ or report.__name__} ---\n{report()}\n")
+        except Exception as exc:  # a diagnostic must not fail the dump
+            stream.write(f"--- {report.__name__} failed: {exc!r} ---\n")
     for loop in event_loops():
         try:
             tasks = list(asyncio.all_tasks(loop))
@@ -68,8 +79,11 @@ def dump_tasks(out: TextIO | None = None) -> None:
     stream.flush()
 
 
-def install_task_dump(loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Dump on SIGUSR1 (a no-op where the loop cannot take signal handlers)."""
+def install_task_dump(loop: asyncio.AbstractEventLoop | None = None,
+                      *reporters: Callable[[], str]) -> None:
+    """Dump on SIGUSR1 (a no-op where the loop cannot take signal handlers), starting with
+    what ``reporters`` return."""
+    _reporters[:] = reporters
     loop = loop or asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)

@@ -34,7 +34,12 @@ from topologies.faust_fixes.chunk_transport import (
     chunks,
     install_chunk_transport,
 )
-from topologies.faust_fixes.consumer_internals import committed_offsets, read_offset
+from topologies.faust_fixes.consumer_internals import (
+    committed_offsets,
+    flow_state,
+    read_offset,
+    stream_queues,
+)
 from topologies.faust_fixes.fetch_holes import install_fetch_hole_rewind
 from topologies.faust_fixes.fetch_max_wait import install_fetch_max_wait
 from topologies.faust_fixes.producer_backpressure import install_backpressure_metrics
@@ -55,6 +60,7 @@ __all__ = [
     "chunk_topics",
     "chunks",
     "committed_offsets",
+    "flow_state",
     "install_backpressure_metrics",
     "install_chunk_transport",
     "install_fetch_hole_rewind",
@@ -62,6 +68,7 @@ __all__ = [
     "install_offset_guard",
     "install_recovery_seek_fix",
     "read_offset",
+    "stream_queues",
     "recovery_seek_fix_installed",
     "stop_debug_logging_after_startup",
     "uninstall_recovery_seek_fix",

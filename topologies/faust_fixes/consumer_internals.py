@@ -19,3 +19,33 @@ def committed_offsets(consumer: Any) -> dict[Any, int | None]:
 def read_offset(consumer: Any, tp: Any) -> int | None:
     """Offset of the last record of ``tp`` handed to the streams (None: none yet)."""
     return consumer._read_offset.get(tp)
+
+
+def flow_state(consumer: Any) -> str:
+    """What decides whether each assigned partition is fetched: Faust's active, paused
+    (rebalance, recovery) and buffered (stream buffer full) sets, aiokafka's own pauses and
+    the read offsets (for the worker's task dump)."""
+    def names(tps: Any) -> str:
+        return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps or ())) or "-"
+
+    lines = [f"assigned: {names(consumer.assignment())}",
+             f"active: {names(consumer._active_partitions)}",
+             f"paused: {names(consumer._paused_partitions)}",
+             f"buffered (stream buffer full): {names(consumer._buffered_partitions)}",
+             f"read offsets: {sorted((str(tp), o) for tp, o in consumer._read_offset.items())}"]
+    aio = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    if aio is not None:
+        lines.append(f"aiokafka paused: {names(aio.paused())}")
+    return "\n".join(lines)
+
+
+def stream_queues(app: Any) -> str:
+    """Each agent actor's stream buffer: size, maximum and pending pressure-drop callbacks
+    (a partition stays out of the fetch while its callback waits)."""
+    lines = []
+    for name, agent in app.agents.items():
+        for actor in getattr(agent, "_actors", ()):
+            queue = actor.stream.channel.queue
+            lines.append(f"{name}: {queue.qsize()} of {queue.maxsize}, "
+                         f"{len(queue._pending_pressure_drop_callbacks)} drop callbacks waiting")
+    return "\n".join(lines)
