@@ -227,14 +227,9 @@ async def refresh_gauges() -> None:
         if read is not None and highwater is not None:
             metrics.set_lag(tp.topic, tp.partition, highwater - read - 1)
             lags[tp.topic] = lags.get(tp.topic, 0) + max(highwater - read - 1, 0)
-    resumed = faust_fixes.resume_starved(consumer, _queue_of)
-    if resumed:
-        metrics.partitions_resumed.inc(len(resumed))
     _log_progress(lags)
 
 
-_queue_of = faust_fixes.stream_queue_finder(app)
-"""The stream buffer that takes an input partition (for ``resume_starved``)."""
 _progress: dict[str, Any] = {"at": 0.0, "line": ""}
 
 

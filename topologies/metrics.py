@@ -141,9 +141,6 @@ class PipelineMetrics:
         self.backpressure_seconds = counter(
             "changelog_backpressure_seconds_total", "Seconds event delivery waited for "
             "changelog writes to drain.")
-        self.partitions_resumed = counter(
-            "partitions_resumed_total", "Input partitions found left out of the fetch with "
-            "nothing holding them back, and fetched again (faust_fixes.starved_partitions).")
         self.consumer_lag = gauge(
             "consumer_lag", "Messages not yet consumed: partition end offset minus position.",
             "topic", "partition")

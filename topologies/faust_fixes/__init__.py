@@ -17,8 +17,6 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
 - ``chunk_transport``: Faust hands agents one event per record (~80 us each); the ``chunks://``
   transport hands them one per fetched partition chunk, offsets committed exactly (measured
   by the benchmark; the worker does not use it yet, see docs/operations.md).
-- ``starved_partitions``: an input partition left out of the fetch with nothing holding it
-  back (seen after a SIGKILL takeover; faust-streaming issue 175) is put back.
 - ``consumer_internals``: the only reads of Faust's private per-partition consumer offsets.
 
 ``topologies.app`` installs them; nothing else in the app touches Faust internals.
@@ -51,7 +49,6 @@ from topologies.faust_fixes.recovery_seek import (
     uninstall_recovery_seek_fix,
 )
 from topologies.faust_fixes.startup_logging import stop_debug_logging_after_startup
-from topologies.faust_fixes.starved_partitions import resume_starved, stream_queue_finder
 from topologies.faust_fixes.tansu_settings import broker_settings_for_tansu
 
 __all__ = [
@@ -75,6 +72,4 @@ __all__ = [
     "recovery_seek_fix_installed",
     "stop_debug_logging_after_startup",
     "uninstall_recovery_seek_fix",
-    "resume_starved",
-    "stream_queue_finder",
 ]

@@ -45,9 +45,7 @@ def stream_queues(app: Any) -> str:
     lines = []
     for name, agent in app.agents.items():
         for actor in getattr(agent, "_actors", ()):
-            channel = actor.stream.channel
-            queue = channel.queue
-            topics = ",".join(getattr(channel, "topics", ()))
-            lines.append(f"{name} ({topics}): {queue.qsize()} of {queue.maxsize}, "
+            queue = actor.stream.channel.queue
+            lines.append(f"{name}: {queue.qsize()} of {queue.maxsize}, "
                          f"{len(queue._pending_pressure_drop_callbacks)} drop callbacks waiting")
     return "\n".join(lines)
