@@ -85,3 +85,54 @@ def test_partitions_sought_to_offset_0_must_start_there() -> None:
     fetched = {INPUT: records(INPUT, 3)}
     _rewind_holes(thread, consumer, fetched)
     assert list(fetched) == [INPUT] and len(consumer._fetcher.seeks) == 1
+
+
+class PartitionState:
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.has_valid_position = True
+
+
+def stranded_consumer(read: dict[TP, int], positions: dict[TP, int]) -> Any:
+    """A Faust consumer whose aiokafka consumer is at ``positions``; ``seek`` records."""
+    states = {tp: PartitionState(p) for tp, p in positions.items()}
+    assignment = SimpleNamespace(state_value=states.get)
+    aio = SimpleNamespace(_subscription=SimpleNamespace(
+        subscription=SimpleNamespace(assignment=assignment)))
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+        states[tp].position = offset
+
+    return SimpleNamespace(_thread=SimpleNamespace(_consumer=aio), flow_active=True,
+                           _active_partitions={*read}, _read_offset=read, seek=seek,
+                           seeks=seeks, states=states,
+                           _is_changelog_tp=lambda tp: tp.topic == CHANGELOG.topic)
+
+
+def test_records_consumed_but_never_handed_on_are_fetched_again() -> None:
+    """The end of a partition: no later fetch shows the hole; two looks at the same gap
+    between aiokafka's position and Faust's read offset seek back (once per gap)."""
+    import asyncio
+
+    from topologies.faust_fixes.fetch_holes import rewind_stranded
+
+    other = TP("interactions", 1)
+    consumer = stranded_consumer({INPUT: 1141, other: 279, CHANGELOG: 5},
+                                 {INPUT: 1892, other: 280, CHANGELOG: 90})
+    assert asyncio.run(rewind_stranded(consumer)) == []  # maybe in transit: look again
+    assert asyncio.run(rewind_stranded(consumer)) == [(INPUT, 1141, 1892)]
+    assert consumer.seeks == [(INPUT, 1141)]  # the contiguous one and the changelog stay
+    # Handed on after the rewind: nothing to do; the same gap again after a rewind is
+    # accepted (a real hole: transaction markers).
+    consumer._read_offset[INPUT] = 1891
+    consumer.states[INPUT].position = 1892
+    assert asyncio.run(rewind_stranded(consumer)) == []
+    consumer._read_offset[INPUT], consumer.states[INPUT].position = 1141, 1892
+    assert [asyncio.run(rewind_stranded(consumer)) for _ in range(3)] == [[], [], []]
+    assert len(consumer.seeks) == 1
+    # No rewind while the flow is stopped (a rebalance): positions are being reset.
+    consumer._read_offset[other], consumer.states[other].position = 100, 280
+    consumer.flow_active = False
+    assert [asyncio.run(rewind_stranded(consumer)) for _ in range(2)] == [[], []]

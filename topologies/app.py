@@ -227,6 +227,9 @@ async def refresh_gauges() -> None:
         if read is not None and highwater is not None:
             metrics.set_lag(tp.topic, tp.partition, highwater - read - 1)
             lags[tp.topic] = lags.get(tp.topic, 0) + max(highwater - read - 1, 0)
+    rewound = await faust_fixes.rewind_stranded(consumer)
+    if rewound:
+        metrics.stranded_rewinds.inc(len(rewound))
     _log_progress(lags)
 
 

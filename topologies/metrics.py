@@ -141,6 +141,9 @@ class PipelineMetrics:
         self.backpressure_seconds = counter(
             "changelog_backpressure_seconds_total", "Seconds event delivery waited for "
             "changelog writes to drain.")
+        self.stranded_rewinds = counter(
+            "stranded_partition_rewinds_total", "Input partitions sought back because records "
+            "consumed from the broker were never handed to the streams (faust_fixes.fetch_holes).")
         self.consumer_lag = gauge(
             "consumer_lag", "Messages not yet consumed: partition end offset minus position.",
             "topic", "partition")

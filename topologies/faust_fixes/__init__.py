@@ -13,7 +13,8 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
   group's committed offsets (memory storage); checked in the commit path.
 - ``producer_backpressure``: Faust's producer-buffer waits counted as metrics, not logged.
 - ``fetch_holes``: records fetched but never delivered to the streams (the positions moved on
-  past them after a rebalance) are fetched again instead of committed over as a gap.
+  past them after a rebalance) are fetched again instead of committed over as a gap, also at
+  the end of a partition, where no later fetch shows the hole (``rewind_stranded``).
 - ``chunk_transport``: Faust hands agents one event per record (~80 us each); the ``chunks://``
   transport hands them one per fetched partition chunk, offsets committed exactly (measured
   by the benchmark; the worker does not use it yet, see docs/operations.md).
@@ -40,7 +41,7 @@ from topologies.faust_fixes.consumer_internals import (
     read_offset,
     stream_queues,
 )
-from topologies.faust_fixes.fetch_holes import install_fetch_hole_rewind
+from topologies.faust_fixes.fetch_holes import install_fetch_hole_rewind, rewind_stranded
 from topologies.faust_fixes.fetch_max_wait import install_fetch_max_wait
 from topologies.faust_fixes.producer_backpressure import install_backpressure_metrics
 from topologies.faust_fixes.recovery_seek import (
@@ -72,4 +73,5 @@ __all__ = [
     "recovery_seek_fix_installed",
     "stop_debug_logging_after_startup",
     "uninstall_recovery_seek_fix",
+    "rewind_stranded",
 ]
