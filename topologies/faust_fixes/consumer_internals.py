@@ -36,6 +36,15 @@ def flow_state(consumer: Any) -> str:
     aio = getattr(getattr(consumer, "_thread", None), "_consumer", None)
     if aio is not None:
         lines.append(f"aiokafka paused: {names(aio.paused())}")
+        assignment = aio._subscription.subscription.assignment
+        positions = []
+        for tp in sorted(consumer.assignment()):
+            state = assignment.state_value(tp) if assignment is not None else None
+            if state is not None and state.has_valid_position:
+                positions.append(f"{tp.topic}[{tp.partition}]={state.position}")
+        lines.append(f"aiokafka positions: {', '.join(positions) or '-'}")
+        held = names(aio._fetcher._records)
+        lines.append(f"aiokafka fetched, not yet returned: {held}")
     return "\n".join(lines)
 
 

@@ -88,10 +88,10 @@ async def rewind_stranded(consumer: Any) -> list[tuple[Any, int, int]]:
     seconds; returns (partition, Faust's read offset, aiokafka's position) of each rewind).
 
     ``_rewind_holes`` sees a hole only in the next fetch that returns records of the
-    partition. At the end of a partition there is none: measured on tansu (SIGKILL test,
-    about 1 run in 6 under load, the worker that took over), aiokafka's position was 751
-    records past what Faust had handed on in total, every partition active and unpaused,
-    every stream buffer empty, and the worker idle for good. Here such a partition (position
+    partition. At the end of a partition there is none. Seen on tansu (SIGKILL test, about
+    1 run in 6 under load, the worker that took over): 751 input records past what Faust had
+    handed on, every partition active and unpaused, every stream buffer empty, the worker
+    idle for good. Here such a partition (position
     more than one past Faust's read offset, unchanged over two calls: records in transit
     between Faust's consumer thread and its streams move within milliseconds) is sought back
     to the read offset, as ``_rewind_holes`` does; the same pair twice after a rewind is
