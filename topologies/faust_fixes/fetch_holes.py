@@ -91,8 +91,8 @@ async def rewind_stranded(consumer: Any) -> list[tuple[Any, int, int]]:
     partition. At the end of a partition there is none. Measured on tansu (SIGKILL test,
     the worker that took over): 7 of 32 runs on a loaded machine stalled for good with input
     waiting (751 records in one dump), every partition active and unpaused, every stream
-    buffer empty; with this check, 2 of the next 8 runs logged rewinds ("consumed up to 1033
-    but only 86 handed to the streams") and all 8 passed. Here such a partition (position
+    buffer empty; with this check, 3 of the next 14 runs logged rewinds ("consumed up to 1033
+    but only 86 handed to the streams") and all 14 passed. Here such a partition (position
     more than one past Faust's read offset, unchanged over two calls: records in transit
     between Faust's consumer thread and its streams move within milliseconds) is sought back
     to the read offset, as ``_rewind_holes`` does; the same pair twice after a rewind is
