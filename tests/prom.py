@@ -122,4 +122,5 @@ def exercised_metrics(m: PipelineMetrics | None = None) -> PipelineMetrics:
     m.set_top_defects([('play "jazz"\\ now\n', 0.5, 10)])  # characters that need escaping
     m.producer_error("feedback.defects")
     m.producer_retry()
+    m.stranded_rewinds.inc()
     return m
