@@ -225,8 +225,9 @@ async def refresh_gauges() -> None:
         read = faust_fixes.read_offset(consumer, tp)
         highwater = consumer.highwater(tp)  # from fetch responses: right even on tansu
         if read is not None and highwater is not None:
-            metrics.set_lag(tp.topic, tp.partition, highwater - read - 1)
-            lags[tp.topic] = lags.get(tp.topic, 0) + max(highwater - read - 1, 0)
+            lag = max(highwater - read - 1, 0)
+            metrics.set_lag(tp.topic, tp.partition, lag)
+            lags[tp.topic] = lags.get(tp.topic, 0) + lag
     rewound = await faust_fixes.rewind_stranded(consumer)
     if rewound:
         metrics.stranded_rewinds.inc(len(rewound))
