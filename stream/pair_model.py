@@ -24,7 +24,9 @@ Deciding (``PairEvidence.decide`` in ``stream.pairs``, with ``Settings.rephrase_
 a candidate the lexical scorer rejects is linked when the model's probability reaches
 ``LINK_FAILED`` (``a`` failed visibly now) or ``LINK_QUIET`` (it did not). Until the model has
 learned from ``WARM`` labelled pairs, the partition falls back to the evidence rules
-(``PairEvidence.support``): the cold start.
+(``PairEvidence.support``): the cold start. Once warm, the rules still link what the model
+rejects: its label calls a restatement after a quiet failure a negative, so it underrates the
+evidence of quiet failures (``PairEvidence.decide``).
 
 **Determinism and state**: observations join in an order that depends on event time only (see
 ``stream.pairs``), and river's SGD with constant learning rates is plain float arithmetic in a
