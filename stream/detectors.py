@@ -46,7 +46,8 @@ from stream.stats import EngineStats
 
 __all__ = ["DETECTORS", "UNHAPPY_SIGNALS", "UNKNOWN_INTENTS", "BargeIn", "Detector",
            "ProbaClassifier", "Rephrase", "RephraseScorer", "StopFollowUp", "TurnContext",
-           "UnknownConcept", "barge_in_source", "failed_visibly", "teachable_moment"]
+           "UnknownConcept", "barge_in_source", "failed_visibly", "same_request",
+           "teachable_moment"]
 
 
 @dataclasses.dataclass
@@ -215,6 +216,19 @@ FRAME_OVERLAP = 0.3
 frame ("add milk to my list" -> "add eggs to my list"): never linked on evidence alone."""
 
 
+def same_request(a: TurnState, b: TurnState) -> bool:
+    """``b`` got what ``a`` got: the same known intent and the same slot values (none on both
+    counts as the same). Asked again in other words as a reaction to ``a``'s response, this
+    says ``a``'s answer did not give it, even when nothing else showed a failure (a confident
+    wrong result): the user would not ask again for what they just got. The same words again
+    are linked by the lexical scorer already; this links the restatement the scorer cannot see
+    ("wake me up at seven" -> "set an alarm for 7 am", both ``alarm`` with ``time=7:00``). A
+    new value in the same frame ("add milk" -> "add eggs") has other slots, or is a swap the
+    caller rules out."""
+    return (a.intent is not None and a.intent == b.intent and a.intent not in UNKNOWN_INTENTS
+            and (a.slots or None) == (b.slots or None))
+
+
 class Rephrase(Detector):
     """The user said it again: a later turn within ``rephrase_window_ms`` that restates an
     earlier one (``RephraseScorer``). The original is marked ``rephrased``; the chain grows
@@ -270,9 +284,12 @@ class Rephrase(Detector):
             x = self.scorer.features(orig, turn.norm, turn.intent, turn.ts - orig.ts,
                                      turn.domain)
             p = self.scorer.predict_proba_one(x)[True]
-        if (p >= self.scorer.threshold or ctx.evidence is None or turn.pair_prev != orig.norm
-                or turn.pair_x is None
+        if (p >= self.scorer.threshold or turn.pair_prev != orig.norm or turn.pair_x is None
                 or turn.ts - (orig.tts_end_ts or orig.ts) > REACTION_MS):
+            return p
+        if same_request(orig, turn) and not turn.pair_x[2]:
+            return self.scorer.threshold
+        if ctx.evidence is None:
             return p
         evidence = ctx.evidence.decide(orig.norm, turn.norm, turn.intent,
                                        failed_visibly(orig, self.settings), turn.pair_x)
