@@ -16,13 +16,6 @@ from typing import Any
 
 from topologies.broker import BrokerError, EmbeddedBroker
 from topologies.cli_common import EXIT_CODES
-from topologies.kafka_io import (
-    KafkaIOError,
-    check_reachable,
-    create_topics,
-    produce_file,
-    security_options,
-)
 from topologies.settings import KafkaSettings
 
 BROKER_HELP = """\
@@ -149,6 +142,16 @@ def cmd_produce(args: argparse.Namespace) -> int:
         _error(f"--partitions {partitions}: need at least 1")
         return 2
     topic = args.topic or settings.input_topic
+    # Here, not at the top: the producer pulls stream.devices (river, scipy: ~2 s of CPU) for
+    # the end-of-stream watermark, which every command's `--help` would pay for.
+    from topologies.kafka_io import (
+        KafkaIOError,
+        check_reachable,
+        create_topics,
+        produce_file,
+        security_options,
+    )
+
     try:
         check_reachable(bootstrap)  # seconds, not the clients' 30 s of retries
         security = security_options(settings)

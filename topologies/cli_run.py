@@ -17,12 +17,6 @@ from typing import Any
 from stream.records import DEFECT_RATES, OUTPUT_STREAMS, REWRITE_TRIGGERS
 from topologies.broker import BrokerError, EmbeddedBroker
 from topologies.cli_common import EXIT_CODES, dead_letter_report, positive_int
-from topologies.kafka_io import (
-    KafkaIOError,
-    check_reachable,
-    produce_file,
-    security_options,
-)
 from topologies.settings import KafkaSettings
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
@@ -102,6 +96,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    # Imported here: Kafka I/O pulls the engine (river, scipy), which `--help` must not wait for.
+    from topologies.kafka_io import KafkaIOError, check_reachable
     from topologies.runner import WorkerProcess, prepare_topics
 
     base = KafkaSettings.from_env(web_port=args.web_port, partitions=args.partitions)
@@ -148,6 +144,7 @@ def worker_banner(settings: KafkaSettings, pid: int, log_path: Path | None) -> s
 
 def cmd_demo(args: argparse.Namespace) -> int:
     # Imported here: the engine pulls river and scipy, which `--help` must not wait for.
+    from topologies.kafka_io import KafkaIOError, check_reachable, produce_file, security_options
     from topologies.runner import (
         PipelineError,
         WorkerProcess,
