@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from functools import cache
 
 import orjson
 import pytest
@@ -32,8 +33,10 @@ from topologies.processors import (
     expand_chains,
     expand_rate_updates,
 )
+from topologies.processors.devices import WATERMARK_PREFIX
 from topologies.settings import KafkaSettings
 
+WATERMARK = WATERMARK_PREFIX.removesuffix(":")  # write_kind of the commit points
 ALARM = ("wake me up at seven", "set an alarm for 7 am")
 
 
@@ -85,7 +88,9 @@ def test_partitioner_is_kafkas():
     assert partition_of("dev00001", 4) == partition_of(b"dev00001", 4)
 
 
+@cache
 def population_lines() -> list[bytes]:
+    """The population stream (only read: generated once per run)."""
     return [line for line, _ in phrasings.generate(5_000, 120, seed=9)]
 
 
@@ -97,11 +102,18 @@ def rephrase_links(lines: list[bytes], model: bool = False
             if o.stream == REPHRASES}, eng
 
 
+@cache
+def population_links(model: bool) -> tuple[set[tuple[str, str]], FeedbackEngine]:
+    """``rephrase_links`` of the population stream, run once per run for the tests that only
+    read its links and its engine's learned models."""
+    return rephrase_links(population_lines(), model)
+
+
 @pytest.mark.parametrize("model", [False, True])
 def test_evidence_links_what_words_alone_do_not(monkeypatch: pytest.MonkeyPatch,
                                                 model: bool) -> None:
     lines = population_lines()
-    with_evidence, eng = rephrase_links(lines, model)
+    with_evidence, eng = population_links(model)
     # With the model on, every partition's model learned from the stream's hindsight labels
     # and decides now; off, none learns.
     models = [ev.model for ev in eng.stage1.devices.evidence.parts.values()]
@@ -121,7 +133,7 @@ def test_hindsight_labels_teach_the_model():
     assert ev.model.learned == 2
     # What the stream taught: quick reactions and intents that follow failures of ``a``
     # mean a restatement; a pair of the rejected kind stays below the link thresholds.
-    _, eng = rephrase_links(population_lines(), model=True)
+    _, eng = population_links(model=True)
     for part in eng.stage1.devices.evidence.parts.values():
         weights = dict(zip(FEATURES, part.model.to_row()[2:], strict=True))
         assert weights["react"] < 0 < weights["intent_fail"] and weights["lex"] > 0, weights
@@ -149,7 +161,8 @@ def without_global_rewrites(view: tuple[Counter, dict]) -> tuple[Counter, dict, 
 def test_partitioned_pipeline_with_restarts_equals_replay_on_evidence_links(model: bool) -> None:
     lines = population_lines()
     expected = without_global_rewrites(replay_records(lines, rephrase_model=model))
-    for restart_every in (None, 900):
+    # Quick: restarts only (between restarts, 8 batches of 9 run on the in-memory state).
+    for restart_every in (None, 900) if FULL else (900,):
         outputs, _, _ = run_pipeline(to_messages(lines), restart_every=restart_every,
                                      rephrase_model=model)
         assert without_global_rewrites(canonical(outputs)) == expected, restart_every
@@ -227,16 +240,22 @@ def write_kind(write: tuple) -> tuple[str, str]:
     return name, key.split(":", 1)[0] if key.startswith("\x00") else "device"
 
 
-def landings(writes: list[tuple]) -> list[int]:
-    """Prefixes of the state writes to land before the kill: a dozen spread over them in the
-    quick suite; at full scale 40 and both sides of every change from one kind of row to
-    another, where the order of the writes matters (every prefix took ~6 CPU minutes)."""
+def landings(writes: list[tuple], rewind: int) -> list[int]:
+    """Prefixes of the state writes to land before the kill. At full scale 40 spread over them
+    and both sides of every change from one kind of row to another, where the order of the
+    writes matters (every prefix took ~6 CPU minutes). Quick, none and all of them, all but
+    the last and, with the offsets committed at the killed batch, the first write of each
+    kind of row; two batches earlier, the first commit point (a watermark entry) missing."""
     n = len(writes)
-    if not FULL:
-        return sorted({*range(0, n + 1, max(1, n // 12)), 1, n - 1, n})
-    edges = {i for i in range(1, n) if write_kind(writes[i - 1]) != write_kind(writes[i])}
-    return sorted({*range(0, n + 1, max(1, n // 40)), *edges, *(i + 1 for i in edges),
-                   1, n - 1, n})
+    kinds = [write_kind(write) for write in writes]
+    if FULL:
+        edges = {i for i in range(1, n) if kinds[i - 1] != kinds[i]}
+        return sorted({*range(0, n + 1, max(1, n // 40)), *edges, *(i + 1 for i in edges),
+                       1, n - 1, n})
+    if rewind:
+        commit_point = next(i for i, (_, kind) in enumerate(kinds) if kind == WATERMARK)
+        return [0, commit_point, n - 1, n]
+    return sorted({0, n - 1, n, *(kinds.index(kind) + 1 for kind in set(kinds))})
 
 
 @pytest.mark.slow
@@ -252,7 +271,7 @@ def test_killed_at_any_state_write_stage1_goes_on_exactly_as_without_the_kill(cr
     c = crash_point
     crash_at, writes = c["crash_at"], c["writes"]
     assert len(writes) > 100
-    for landing in landings(writes):
+    for landing in landings(writes, rewind):
         tables = copy.deepcopy(c["before"])
         for name, key, value in writes[:landing]:
             if value is None:
