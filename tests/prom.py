@@ -115,7 +115,7 @@ def exercised_metrics(m: PipelineMetrics | None = None) -> PipelineMetrics:
     m.sync_stats(stats)
     m.observe_batch(3, 0.0003)
     m.observe_processing_latency([1.0], 2.0)
-    m.observe_event_time_lag([1_000], 61_000)
+    m.observe_event_time_lag([60_000])
     m.set_lag("interactions", 0, 1)
     m.set_watermark_delay(0.5)
     m.set_state_sizes(1, {"utterance": 1}, 2)

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from stream.engine import FeedbackEngine
@@ -25,6 +26,7 @@ from tests.waits import last_assignment, wait_until
 from topologies.broker import free_port
 from topologies.kafka_io import produce_file
 from topologies.runner import (
+    PipelineError,
     WorkerProcess,
     collect_outputs,
     demo_settings,
@@ -57,6 +59,22 @@ def replay(lines: list[bytes], settings: KafkaSettings | None = None,
     for o in engine.flush():
         out[o.stream].append(o.record)
     return out
+
+
+def missing_records(settings: KafkaSettings, expected: dict[str, list[dict]]) -> str:
+    """Which expected signal records the output topics lack (a failure's first clue: whose
+    device, which input offsets), read once more after ``collect_outputs`` gave up."""
+    lines = []
+    for name, records in expected.items():
+        if name == DEFECT_RATES or not records:
+            continue
+        got = {orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+               for r in read_records(settings, name, timeout_s=3.0)}
+        want = [r for r in records if orjson.dumps(r, option=orjson.OPT_SORT_KEYS) not in got]
+        if want:
+            lines.append(f"{name}: {len(want)} of {len(records)} expected records missing, "
+                         f"e.g. " + "; ".join(orjson.dumps(r).decode()[:300] for r in want[:4]))
+    return "\n".join(lines) or "no expected signal record is missing"
 
 
 def metrics(settings: KafkaSettings) -> str:
@@ -195,7 +213,10 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
                            log_path=tmp_path / "second.log", loglevel="info").start()
     try:
         assert producer.finish() == len(lines)
-        outputs = collect_outputs(settings, expected_n, timeout_s=240, worker=second)
+        try:
+            outputs = collect_outputs(settings, expected_n, timeout_s=240, worker=second)
+        except PipelineError as exc:
+            raise PipelineError(f"{missing_records(settings, expected_records)}\n{exc}") from None
         assert second.alive(), second.log_tail()
     finally:
         second.stop()

@@ -23,7 +23,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from stream.records import CHAINS, KEY_TYPES, RATE_UPDATES, Output, event_ts
+from stream.records import CHAINS, KEY_TYPES, RATE_UPDATES, Output
 from stream.stats import EngineStats
 from stream.text import normalize
 from topologies import faust_fixes
@@ -110,8 +110,7 @@ _in_flight: dict[int, asyncio.Lock] = {}
 them before the processors drop their in-memory state (the batch's changes until commit)."""
 
 
-def observe_latencies(processor: BatchProcessor, chunk: faust_fixes.ChunkMessage,
-                      outputs: list[Output]) -> None:
+def observe_latencies(processor: BatchProcessor, chunk: faust_fixes.ChunkMessage) -> None:
     """Processing latency per input record (received -> outputs acknowledged, wall clock) and,
     for stage 1, event-time lag per signal record (see ``topologies.metrics``)."""
     now = time.monotonic()
@@ -119,12 +118,8 @@ def observe_latencies(processor: BatchProcessor, chunk: faust_fixes.ChunkMessage
     # consumer receives it; every record of the chunk arrived in the same fetch.
     received = chunk.time_in if chunk.time_in is not None else now
     metrics.observe_processing_latency((received for _ in chunk.records), now)
-    if processor is devices and devices.watermark():
-        # The stream watermark trails the newest event time by the allowed lateness.
-        head = devices.watermark() + settings.allowed_lateness_ms
-        metrics.observe_event_time_lag(
-            (ts for o in outputs if o.stream not in (RATE_UPDATES, CHAINS)
-             and (ts := event_ts(o)) is not None), head)
+    if processor is devices:
+        metrics.observe_event_time_lag(devices.event_time_lags_ms)
 
 
 async def _run(stream: faust.StreamT, processor: BatchProcessor) -> None:
@@ -139,7 +134,7 @@ async def _run(stream: faust.StreamT, processor: BatchProcessor) -> None:
                 # that loses records (see docs/operations.md, "Guarantees in detail").
                 processor.commit()
             metrics.observe_batch(len(chunk.records), time.perf_counter() - started)
-            observe_latencies(processor, chunk, outputs)
+            observe_latencies(processor, chunk)
             metrics.sync_stats(stats)
     except asyncio.CancelledError:
         raise

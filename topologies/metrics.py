@@ -243,11 +243,11 @@ class PipelineMetrics:
         the time until ``now_s`` when its batch's outputs were acknowledged."""
         self.processing_latency.observe_many(max(now_s - t, 0.0) for t in received_s)
 
-    def observe_event_time_lag(self, event_ts_ms: Iterable[int], head_ms: int) -> None:
-        """Record, per signal record, ``head_ms`` (the event time the stream had reached at
-        emit) minus the event time of the event behind the record. Clamped at 0: an event
-        ahead of the head (a device clock ahead of the others) has not waited at all."""
-        self.event_time_lag.observe_many(max(head_ms - ts, 0) / 1000.0 for ts in event_ts_ms)
+    def observe_event_time_lag(self, lags_ms: Iterable[int]) -> None:
+        """Record, per signal record, the event time the stream had reached at emit minus the
+        event time of the event behind the record (ms). Clamped at 0: an event ahead of the
+        head (a device clock ahead of the others) has not waited at all."""
+        self.event_time_lag.observe_many(max(lag, 0) / 1000.0 for lag in lags_ms)
 
     # --- gauges ----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from functools import lru_cache
 import orjson
 
 from stream.engine import DeviceEngine
-from stream.records import Output
+from stream.records import CHAINS, RATE_UPDATES, Output, event_ts
 from stream.stats import EngineStats
 from topologies.processors.merging import coalesce
 from topologies.processors.state import co_partitioned, decode, partition_of
@@ -56,6 +56,10 @@ def watermark_key(partition: int, partitions: int) -> str:
     return co_partitioned(f"{WATERMARK_PREFIX}{partition}", partition, partitions)
 
 
+_NO_EVENT_TIME = (RATE_UPDATES, CHAINS)
+"""Internal streams: not signals, no event-time lag."""
+
+
 class DeviceProcessor:
     """Stage 1 over batches: one ``DeviceEngine`` per input partition."""
 
@@ -74,6 +78,9 @@ class DeviceProcessor:
         self.saved: dict[int, tuple[int, ...]] = {}
         """Input partition -> (stream watermark, offset, evidence meta) as last written."""
         self.undo: dict[int, UndoLog] = {}
+        self.event_time_lags_ms: list[int] = []
+        """Per signal record of the last ``process`` call: the event time its partition's
+        stream had reached when it was emitted (watermark + allowed lateness) minus its own."""
 
     def reset(self) -> None:
         """Forget in-memory state (after a rebalance); it is reloaded from the table."""
@@ -131,6 +138,8 @@ class DeviceProcessor:
         """Outputs of a batch. State changes stay in memory until ``commit``."""
         outputs: list[Output] = []
         offsets = self.offsets
+        lags = self.event_time_lags_ms = []
+        lateness = self.settings.allowed_lateness_ms
         for msg in batch:
             eng = self.engine(msg.partition)
             if msg.offset <= offsets[msg.partition]:
@@ -141,7 +150,13 @@ class DeviceProcessor:
                 continue
             offsets[msg.partition] = msg.offset
             source = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
-            outputs += eng.process(msg.value, source)
+            emitted = eng.process(msg.value, source)
+            if emitted:
+                # At emission, not per batch: a chunk can span hours of a recorded stream.
+                head = eng.devices.watermark + lateness
+                lags += [head - ts for o in emitted if o.stream not in _NO_EVENT_TIME
+                         and (ts := event_ts(o)) is not None]
+                outputs += emitted
         if self.chains is not None:
             outputs += self.chains.learn(outputs)
         return coalesce(outputs)
