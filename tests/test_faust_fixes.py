@@ -37,9 +37,11 @@ from topologies.faust_fixes import (  # noqa: E402
     chunks,
     install_chunk_transport,
     install_fetch_max_wait,
+    install_full_producer_flush,
     install_recovery_seek_fix,
     recovery_seek_fix_installed,
     stop_debug_logging_after_startup,
+    uninstall_full_producer_flush,
     uninstall_recovery_seek_fix,
 )
 
@@ -384,3 +386,39 @@ def test_worker_consumer_gets_the_configured_fetch_max_wait():
     install_fetch_max_wait(77)
     install_fetch_max_wait(66)
     assert asyncio.run(created()) == 66
+
+
+def test_producer_flush_waits_for_every_buffered_message():
+    """Faust's ``ProducerBuffer.flush`` returns after 0.1 s without a message sent, buffer not
+    empty: a commit right after it would overtake the table writes still queued. With the fix
+    it returns only once every message was handed on, slow sends included."""
+    import asyncio
+
+    from faust.transport.producer import ProducerBuffer
+
+    async def flush_slow_sends() -> tuple[int, int]:
+        handed_on: list[int] = []
+
+        class SlowChannel:
+            async def publish_message(self, fut: Any, wait: bool = False) -> None:
+                await asyncio.sleep(0.15)  # longer than Faust's 0.1 s per message
+                handed_on.append(fut.n)
+
+        buffer = ProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        await buffer.start()
+        for n in range(4):
+            buffer.put(SimpleNamespace(message=SimpleNamespace(channel=SlowChannel()), n=n))
+        await buffer.flush()
+        result = (len(handed_on), buffer.size)
+        while len(handed_on) < 4:  # let the stop find an empty buffer
+            await asyncio.sleep(0.05)
+        await buffer.stop()
+        return result
+
+    install_full_producer_flush()
+    try:
+        assert asyncio.run(flush_slow_sends()) == (4, 0)
+    finally:
+        uninstall_full_producer_flush()
+    assert asyncio.run(flush_slow_sends()) != (4, 0)  # Faust's own flush gives up early

@@ -23,7 +23,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from stream.records import CHAINS, KEY_TYPES, RATE_UPDATES, Output
+from stream.records import CHAINS, KEY_TYPES, RATE_UPDATES
 from stream.stats import EngineStats
 from stream.text import normalize
 from topologies import faust_fixes
@@ -48,6 +48,7 @@ faust_fixes.install_recovery_seek_fix()
 faust_fixes.install_fetch_max_wait(settings.fetch_max_wait_ms)
 faust_fixes.install_fetch_hole_rewind()
 faust_fixes.install_chunk_transport()
+faust_fixes.install_full_producer_flush()
 
 
 app = faust.App(settings.app_id, **faust_config(settings))

@@ -18,6 +18,8 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
 - ``chunk_transport``: Faust hands agents one event per record (~80 us each); the ``chunks://``
   transport hands them one per fetched partition chunk, offsets committed exactly (measured
   by the benchmark; the worker does not use it yet, see docs/operations.md).
+- ``producer_flush``: Faust's producer flush before an offset commit returns early under
+  load (0.1 s per message), so offsets were committed ahead of the table writes: wait for all.
 - ``consumer_internals``: the only reads of Faust's private per-partition consumer offsets.
 
 ``topologies.app`` installs them; nothing else in the app touches Faust internals.
@@ -44,6 +46,10 @@ from topologies.faust_fixes.consumer_internals import (
 from topologies.faust_fixes.fetch_holes import install_fetch_hole_rewind, rewind_stranded
 from topologies.faust_fixes.fetch_max_wait import install_fetch_max_wait
 from topologies.faust_fixes.producer_backpressure import install_backpressure_metrics
+from topologies.faust_fixes.producer_flush import (
+    install_full_producer_flush,
+    uninstall_full_producer_flush,
+)
 from topologies.faust_fixes.recovery_seek import (
     install_recovery_seek_fix,
     recovery_seek_fix_installed,
@@ -66,12 +72,14 @@ __all__ = [
     "install_chunk_transport",
     "install_fetch_hole_rewind",
     "install_fetch_max_wait",
+    "install_full_producer_flush",
     "install_offset_guard",
     "install_recovery_seek_fix",
     "read_offset",
     "stream_queues",
     "recovery_seek_fix_installed",
     "stop_debug_logging_after_startup",
+    "uninstall_full_producer_flush",
     "uninstall_recovery_seek_fix",
     "rewind_stranded",
 ]
