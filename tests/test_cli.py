@@ -2,13 +2,15 @@
 
 Most tests run a command in this process (``run_cli``, conftest.py): they check what it does
 (exit code, messages, files), and a child interpreter costs ~2 s of CPU (start-up and the
-engine's imports). True subprocesses (``cli``) stay where the process is the point: stdin,
-``--help``, an exit code through ``sys.exit``, metrics served while running, the Kafka tests.
+engine's imports); stdin is then a file object standing in for it. True subprocesses (``cli``)
+stay where the process is the point: ``--help``, an exit code through ``sys.exit``, metrics
+served while running, the Kafka tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import subprocess
@@ -28,15 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str) -> subprocess.CompletedProcess:
     """``feedback-stream ARGS`` in a child interpreter, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "topologies.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "topologies.cli", *args],
                           capture_output=True, timeout=120, cwd=ROOT)
 
 
-def test_replay_reads_stdin_and_writes_every_stream(tmp_path):
+def test_replay_reads_stdin_and_writes_every_stream(tmp_path, run_cli, monkeypatch):
     lines = turn("a", 0, "play jazz", barge_in_ts=100) + b"\n\n{broken\n"
-    proc = cli("replay", "-", "--out", str(tmp_path), stdin=lines)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines)))
+    proc = run_cli("replay", "-", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"{name}.jsonl" for name in OUTPUT_STREAMS)
