@@ -16,14 +16,13 @@ from stream.engine import FeedbackEngine
 from stream.pair_model import FEATURES
 from stream.pairs import PairEvidence
 from stream.partition import murmur2, partition_of
-from stream.records import CHAINS, RATE_UPDATES, REPHRASES, REWRITE_TRIGGERS
+from stream.records import CHAINS, RATE_UPDATES, REPHRASES, REWRITE_TRIGGERS, Output
 from stream.settings import Settings
 from tests.scale import FULL
 from tests.test_processors import (
     PARTITIONS,
     batches_of,
     canonical,
-    replay_records,
     run_pipeline,
     to_messages,
 )
@@ -94,32 +93,36 @@ def population_lines() -> list[bytes]:
     return [line for line, _ in phrasings.generate(5_000, 120, seed=9)]
 
 
-def rephrase_links(lines: list[bytes], model: bool = False
-                   ) -> tuple[set[tuple[str, str]], FeedbackEngine]:
+def replay(lines: list[bytes], model: bool = False) -> tuple[list[Output], FeedbackEngine]:
+    """The in-process replay of ``lines``: its outputs and its engine."""
     eng = FeedbackEngine(Settings(rephrase_model=model))
-    outs = [o for line in lines for o in eng.process(line)] + eng.flush()
-    return {(o.record["event_id"], o.record["rephrase_of"]) for o in outs
-            if o.stream == REPHRASES}, eng
+    return [o for line in lines for o in eng.process(line)] + eng.flush(), eng
+
+
+def rephrase_links(outputs: list[Output]) -> set[tuple[str, str]]:
+    return {(o.record["event_id"], o.record["rephrase_of"]) for o in outputs
+            if o.stream == REPHRASES}
 
 
 @cache
-def population_links(model: bool) -> tuple[set[tuple[str, str]], FeedbackEngine]:
-    """``rephrase_links`` of the population stream, run once per run for the tests that only
-    read its links and its engine's learned models."""
-    return rephrase_links(population_lines(), model)
+def population_replay(model: bool) -> tuple[list[Output], FeedbackEngine]:
+    """``replay`` of the population stream, run once per run for the tests that only read its
+    outputs and its engine's learned models."""
+    return replay(population_lines(), model)
 
 
 @pytest.mark.parametrize("model", [False, True])
 def test_evidence_links_what_words_alone_do_not(monkeypatch: pytest.MonkeyPatch,
                                                 model: bool) -> None:
     lines = population_lines()
-    with_evidence, eng = population_links(model)
+    outputs, eng = population_replay(model)
+    with_evidence = rephrase_links(outputs)
     # With the model on, every partition's model learned from the stream's hindsight labels
     # and decides now; off, none learns.
     models = [ev.model for ev in eng.stage1.devices.evidence.parts.values()]
     assert len(models) == 4 and all(m.warm == model for m in models)
     monkeypatch.setattr(PairEvidence, "decide", lambda self, *args: 0.0)
-    words_alone, _ = rephrase_links(lines, model)
+    words_alone = rephrase_links(replay(lines, model)[0])
     assert len(with_evidence) > len(words_alone) + 100
 
 
@@ -133,7 +136,7 @@ def test_hindsight_labels_teach_the_model():
     assert ev.model.learned == 2
     # What the stream taught: quick reactions and intents that follow failures of ``a``
     # mean a restatement; a pair of the rejected kind stays below the link thresholds.
-    _, eng = population_links(model=True)
+    _, eng = population_replay(model=True)
     for part in eng.stage1.devices.evidence.parts.values():
         weights = dict(zip(FEATURES, part.model.to_row()[2:], strict=True))
         assert weights["react"] < 0 < weights["intent_fail"] and weights["lex"] > 0, weights
@@ -160,7 +163,7 @@ def without_global_rewrites(view: tuple[Counter, dict]) -> tuple[Counter, dict, 
 @pytest.mark.parametrize("model", [False, True])
 def test_partitioned_pipeline_with_restarts_equals_replay_on_evidence_links(model: bool) -> None:
     lines = population_lines()
-    expected = without_global_rewrites(replay_records(lines, rephrase_model=model))
+    expected = without_global_rewrites(canonical(population_replay(model)[0]))
     # Quick: one restart half way (each restart restores every partition from the tables,
     # ~0.5 CPU s at this size); 25 batches on each side of it run on the in-memory state.
     for restart_every in (None, 900) if FULL else (2_500,):
