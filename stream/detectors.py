@@ -229,6 +229,15 @@ def same_request(a: TurnState, b: TurnState) -> bool:
             and (a.slots or None) == (b.slots or None))
 
 
+def new_value(a: TurnState, b: TurnState) -> bool:
+    """``b`` got the intent ``a`` got with other slot values ("play jazz" -> "play prince",
+    both ``PlayMusic``): after an ``a`` that did not visibly fail, a new request in the same
+    frame as NLU saw it, which the evidence rules never link (the lexical swap guard's
+    counterpart for requests in other words)."""
+    return (a.intent is not None and a.intent == b.intent and bool(a.slots) and bool(b.slots)
+            and a.slots != b.slots)
+
+
 class Rephrase(Detector):
     """The user said it again: a later turn within ``rephrase_window_ms`` that restates an
     earlier one (``RephraseScorer``). The original is marked ``rephrased``; the chain grows
@@ -292,7 +301,8 @@ class Rephrase(Detector):
         if ctx.evidence is None:
             return p
         evidence = ctx.evidence.decide(orig.norm, turn.norm, turn.intent,
-                                       failed_visibly(orig, self.settings), turn.pair_x)
+                                       failed_visibly(orig, self.settings), turn.pair_x,
+                                       new_value(orig, turn))
         # A link on evidence is published with the evidence's probability (the model's is of
         # a hindsight label, lower than a rephrase probability), at least the threshold.
         return max(p, evidence, self.scorer.threshold) if evidence else p

@@ -1,0 +1,80 @@
+"""Rephrase links beyond the lexical scorer: a restatement in other words that got the same
+intent and slots as the request before it (``stream.detectors.same_request``: linked without
+lexical overlap or pair evidence, and only then), and the evidence rules beside a warm
+classifier (``stream.pairs.PairEvidence.decide``), which leave new slot values alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.devices import DeviceStage
+from stream.schema import Turn
+
+T0 = 1_700_000_000_000
+
+
+def rephrases(second: dict, gap_ms: int = 4_000, intent: str = "alarm",
+              slots: dict | None = None) -> list[tuple[str, str]]:
+    """(event_id, rephrase_of) after a confident, uninterrupted first request."""
+    stage = DeviceStage()
+    first = Turn("e1", "d1", T0, "wake me up at seven", "wake me up at seven",
+                 asr_confidence=0.95, intent=intent, nlu_confidence=0.9,
+                 slots=slots if slots is not None else {"time": "07:00"}, response="OK.",
+                 tts_start_ts=T0 + 800, tts_end_ts=T0 + 2_500)
+    text = second.pop("text", "set an alarm for 7 am")
+    later = Turn("e2", "d1", T0 + 2_500 + gap_ms, text, text, asr_confidence=0.95,
+                 nlu_confidence=0.9, response="OK.", **second)
+    out = stage.on_turn(first).outputs + stage.on_turn(later).outputs + stage.flush()
+    return [(o.record["event_id"], o.record["rephrase_of"]) for o in out
+            if o.stream == "rephrases"]
+
+
+def test_same_intent_and_slots_in_other_words_is_a_rephrase():
+    assert rephrases({"intent": "alarm", "slots": {"time": "07:00"}}) == [("e2", "e1")]
+
+
+@pytest.mark.parametrize("second", [
+    {"intent": "alarm", "slots": {"time": "08:00"}},  # another alarm: a new request
+    {"intent": "weather"},  # something else
+    {"intent": "alarm"},  # slots on one side only
+])
+def test_other_intent_or_slots_is_not(second):
+    assert rephrases(second) == []
+
+
+def test_not_after_listening_for_a_while():
+    assert rephrases({"intent": "alarm", "slots": {"time": "07:00"}}, gap_ms=30_000) == []
+
+
+def test_unknown_intents_are_not_the_same_request():
+    assert rephrases({"intent": "unknown"}, intent="unknown", slots={}) == []
+
+
+def test_new_value_is_the_same_intent_with_other_slots():
+    from stream.detectors import new_value
+    from stream.session import TurnState
+
+    def turn(intent: str | None, slots: dict | None) -> TurnState:
+        return TurnState("e", 0, "u", "u", intent=intent, slots=slots)
+
+    jazz = turn("PlayMusic", {"genre": "jazz"})
+    assert new_value(jazz, turn("PlayMusic", {"artist": "prince"}))
+    assert not new_value(jazz, turn("PlayMusic", {"genre": "jazz"}))  # the same request
+    assert not new_value(jazz, turn("PlayMusic", None))  # nothing to compare
+    assert not new_value(jazz, turn("GetWeather", {"city": "albany"}))  # another intent
+
+
+def test_rules_link_what_a_warm_model_rejects_but_no_new_slot_value_after_a_quiet_turn():
+    from stream.pair_model import FEATURES, HindsightModel
+    from stream.pairs import PairEvidence
+
+    ev = PairEvidence(learn=True)
+    ev.model = HindsightModel.from_row([300, -3.0, *[0.0] * len(FEATURES)])  # warm, says no
+    a, b = "wake me up at seven", "set an alarm for 7 am"
+    for _ in range(2):  # the pair recurred, after failures of a
+        ev.count(a, b, "alarm", True, True)
+    look = [0.0, 2.0, 0.0]  # lexical score, seconds after the response, no word swap
+    assert ev.model.warm and ev.model.proba(ev.features(a, b, "alarm", look)) < 0.1
+    assert ev.decide(a, b, "alarm", False, look) == 0.55
+    assert ev.decide(a, b, "alarm", False, look, new_value=True) == 0.0
+    assert ev.decide(a, b, "alarm", True, look, new_value=True) == 0.55
