@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from stream.engine import FeedbackEngine
@@ -62,19 +61,21 @@ def replay(lines: list[bytes], settings: KafkaSettings | None = None,
 
 
 def missing_records(settings: KafkaSettings, expected: dict[str, list[dict]]) -> str:
-    """Which expected signal records the output topics lack (a failure's first clue: whose
-    device, which input offsets), read once more after ``collect_outputs`` gave up."""
+    """Which expected records the output topics lack (a failure's first clue: whose device,
+    which input offsets), read once more after ``collect_outputs`` gave up and compared the
+    way the tests compare them (``canonical``: without transport-specific fields)."""
     lines = []
     for name, records in expected.items():
-        if name == DEFECT_RATES or not records:
+        if not records:
             continue
-        got = {orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
-               for r in read_records(settings, name, timeout_s=3.0)}
-        want = [r for r in records if orjson.dumps(r, option=orjson.OPT_SORT_KEYS) not in got]
-        if want:
-            lines.append(f"{name}: {len(want)} of {len(records)} expected records missing, "
-                         f"e.g. " + "; ".join(orjson.dumps(r).decode()[:300] for r in want[:4]))
-    return "\n".join(lines) or "no expected signal record is missing"
+        got = canonical({name: read_records(settings, name, timeout_s=3.0)})[name]
+        want = canonical({name: records})[name]
+        missing = want - got
+        if missing:
+            lines.append(f"{name}: {missing.total()} of {want.total()} expected records "
+                         f"missing, e.g. " + "; ".join(r.decode()[:300] for r in
+                                                       list(missing)[:4]))
+    return "\n".join(lines) or "no expected record is missing"
 
 
 def metrics(settings: KafkaSettings) -> str:

@@ -62,14 +62,13 @@ def build_app(cfg: dict[str, Any]) -> Any:
     settings = broker_settings_for_tansu()
     if os.environ.get("FEEDBACK_STREAM_TEST_NORMAL_BATCHES"):  # to measure what it is for
         del settings["producer_max_batch_size"]
-    chunked = cfg.get("transport") == CHUNK_SCHEME
-    if chunked:
-        install_chunk_transport()
-    # The worker's other consumer and producer fixes, as topologies.app installs them.
+    # The chunk transport with the fetch-hole rewinds and the full producer flush: what the
+    # worker runs once it switches (docs/operations.md, "The chunk transport").
+    install_chunk_transport()
     install_fetch_hole_rewind()
     install_full_producer_flush()
     app = faust.App(
-        cfg["app_id"], broker=f"{cfg.get('transport', 'kafka')}://{cfg['bootstrap']}",
+        cfg["app_id"], broker=f"{CHUNK_SCHEME}://{cfg['bootstrap']}",
         store="memory://",
         datadir=cfg["datadir"], web_port=cfg["web_port"], web_bind="127.0.0.1",
         web_host="127.0.0.1", topic_partitions=PARTITIONS, producer_linger=0.005, **settings)
@@ -82,22 +81,14 @@ def build_app(cfg: dict[str, Any]) -> Any:
     async def rewind() -> None:
         await rewind_stranded(app.consumer)
 
-    if chunked:
-        chunk_topics(app, [cfg["input"]], max_records=CHUNK_RECORDS)
-
-        @app.agent(source)
-        async def count_chunks(stream: Any) -> None:
-            async for chunk in chunks(stream):
-                for record in chunk.records:
-                    counts[record.key.decode()] += 1
-                    await echo.send(key=record.key, value=record.value)
-        return app
+    chunk_topics(app, [cfg["input"]], max_records=CHUNK_RECORDS)
 
     @app.agent(source)
-    async def count(stream: Any) -> None:
-        async for event in stream.events():
-            counts[event.key.decode()] += 1
-            await echo.send(key=event.key, value=event.value)
+    async def count_chunks(stream: Any) -> None:
+        async for chunk in chunks(stream):
+            for record in chunk.records:
+                counts[record.key.decode()] += 1
+                await echo.send(key=record.key, value=record.value)
 
     return app
 
@@ -225,17 +216,15 @@ def run_workers(cfg: dict[str, Any], tmp: Path, run: str, lines: list[str], echo
     return first, second
 
 
-def restart_round(bootstrap: str, tmp: Path, label: str, transport: str = "kafka",
-                  ) -> dict[str, Any]:
-    """One produce / kill / restart / produce cycle over ``transport`` (a broker URL scheme);
-    returns what it measured."""
+def restart_round(bootstrap: str, tmp: Path, label: str) -> dict[str, Any]:
+    """One produce / kill / restart / produce cycle of the echo app; returns what it
+    measured."""
     from topologies.broker import free_port
     from topologies.kafka_io import create_topics, read_topic
 
     run = f"{label}-{uuid.uuid4().hex[:8]}"
     cfg = {"app_id": f"faustfix-{run}", "bootstrap": bootstrap, "input": f"in-{run}",
-           "output": f"echo-{run}", "web_port": free_port(), "datadir": str(tmp / run),
-           "transport": transport}
+           "output": f"echo-{run}", "web_port": free_port(), "datadir": str(tmp / run)}
     create_topics(bootstrap, {cfg["input"]: PARTITIONS, cfg["output"]: PARTITIONS})
     lines = [orjson.dumps({"device_id": f"dev-{i % DEVICES}", "seq": i}).decode()
              for i in range(TOTAL)]
@@ -331,13 +320,14 @@ def test_recovery_fix_is_idempotent_and_seeks_before_resuming() -> None:
 @pytest.mark.kafka
 @pytest.mark.timeout(240)
 def test_worker_restart_mid_stream_counts_exactly(broker: Any, tmp_path: Path) -> None:
-    """The worker's chunk transport (``chunks://``: offsets committed per finished chunk,
-    Faust's per-record acks bypassed) with the worker's fixes: every event echoed exactly once
-    and counted exactly once across a restart mid-stream. (Stock ``kafka://`` without those
-    fixes failed here twice on 2026-12-03 at load 5: the restarted app echoed nothing within
-    180 s; the worker no longer runs on it.)"""
+    """The chunk transport (``chunks://``: offsets committed per finished chunk, Faust's
+    per-record acks bypassed) with the fetch-hole rewinds and the full producer flush: every
+    event echoed exactly once and counted exactly once across a restart mid-stream. (A stock
+    ``kafka://`` echo app without those fixes failed here twice on 2026-12-03 at load 5: the
+    restarted app echoed nothing within 180 s. The worker's own restarts on ``kafka://`` are
+    tested by tests/test_faults.py.)"""
     for attempt in range(2):
-        m = restart_round(broker.bootstrap, tmp_path, f"r{attempt}", CHUNK_SCHEME)
+        m = restart_round(broker.bootstrap, tmp_path, f"r{attempt}")
         report = {k: v for k, v in m.items() if k != "logs"}
         print(f"restart round {attempt}: {report}")
         assert not m["lost"] and not m["duplicated"] and not m["count_errors"], (
