@@ -302,7 +302,7 @@ class Rephrase(Detector):
             return p
         evidence = ctx.evidence.decide(orig.norm, turn.norm, turn.intent,
                                        failed_visibly(orig, self.settings), turn.pair_x,
-                                       new_value(orig, turn))
+                                       new_value(orig, turn), orig.intent)
         # A link on evidence is published with the evidence's probability (the model's is of
         # a hindsight label, lower than a rephrase probability), at least the threshold.
         return max(p, evidence, self.scorer.threshold) if evidence else p

@@ -180,14 +180,15 @@ class PairEvidence:
         return row[1], row[2] / row[0]
 
     def support(self, a: str, b: str, b_intent: str | None, a_failed: bool,
-                reaction_s: float | None = None) -> float:
+                reaction_s: float | None = None, a_intent: str | None = None) -> float:
         """Evidence that ``b`` (the device's next request within the window) restates ``a``:
         0.0 (none), or the probability the link is published with.
 
         - ``b`` got the intent people mean by ``a`` (``MEANING_SHARE``), and ``a`` visibly
-          failed now or that intent follows failures of ``a`` more often than requests follow
-          failures in this partition (``LIFT``, smoothed towards the base rate);
-        - or the pair itself recurred (``PAIR_MIN``) mostly after failures of ``a``;
+          failed now, or ``a`` got another intent now (``a_intent``: misunderstood, even
+          confidently), or that intent follows failures of ``a`` more often than requests
+          follow failures in this partition (``LIFT``, smoothed towards the base rate);
+        - or the pair itself recurred (``recurs``);
         - or ``a`` visibly failed now, ``b`` came within ``QUICK_S`` of its response
           (``reaction_s``) and the intent ``b`` got follows failures of ``a`` clearly more often
           than requests follow failures (``QUICK_LIFT``): "i need alarmz set for 6am" (misheard,
@@ -197,10 +198,10 @@ class PairEvidence:
         meaning = self.meaning(a)
         if (meaning is not None and b_intent and meaning[0] == b_intent
                 and meaning[1] >= MEANING_SHARE
-                and (a_failed or self._follows_failures(self.intents.get(a + SEP + b_intent)))):
+                and (a_failed or (a_intent is not None and a_intent != b_intent)
+                     or self._follows_failures(self.intents.get(a + SEP + b_intent)))):
             return 0.6
-        row = self.pairs.get(a + SEP + b)
-        if row is not None and row[0] >= PAIR_MIN and row[1] >= PAIR_FAILED * row[0]:
+        if self.recurs(a, b):
             return 0.55
         if (a_failed and b_intent and reaction_s is not None and reaction_s <= QUICK_S
                 and self.observed and _lift(self.intents.get(a + SEP + b_intent),
@@ -208,8 +209,16 @@ class PairEvidence:
             return 0.55
         return 0.0
 
+    def recurs(self, a: str, b: str) -> bool:
+        """The ordered pair recurred (``PAIR_MIN``) mostly after failures of ``a``
+        (``PAIR_FAILED``): across devices, people who said ``b`` right after ``a`` had
+        mostly seen ``a`` fail."""
+        row = self.pairs.get(a + SEP + b)
+        return row is not None and row[0] >= PAIR_MIN and row[1] >= PAIR_FAILED * row[0]
+
     def decide(self, a: str, b: str, b_intent: str | None, a_failed: bool,
-               pair_x: list[float], new_value: bool = False) -> float:
+               pair_x: list[float], new_value: bool = False,
+               a_intent: str | None = None) -> float:
         """The probability the link ``a`` -> ``b`` is published with, or 0.0: the model's
         once it is warm and it reaches ``LINK_FAILED`` / ``LINK_QUIET``, else the rules
         (``support``; never a content-word swap in the same frame: "add milk ..." -> "add
@@ -227,16 +236,18 @@ class PairEvidence:
         and the model, which can weigh them, rejected them (synthetic population, where
         follow-ups of one intent with another value are common: precision 0.968 -> 0.973;
         phrasings lose the quiet entity-resolution failures among them, recall 0.910 / 0.906
-        -> 0.892 / 0.884)."""
+        -> 0.892 / 0.884), unless the pair itself recurred mostly after failures of ``a``
+        (``recurs``): that is evidence about these very words, not about the intent
+        (phrasings a/b: ~40 links each, none false)."""
         if self.learn and self.model.warm:
             p = self.model.proba(self.features(a, b, b_intent or "", pair_x))
             if p >= (LINK_FAILED if a_failed else LINK_QUIET):
                 return p
             if new_value and not a_failed:
-                return 0.0
+                return 0.55 if not pair_x[2] and self.recurs(a, b) else 0.0
         if pair_x[2]:
             return 0.0
-        return self.support(a, b, b_intent, a_failed, pair_x[1])
+        return self.support(a, b, b_intent, a_failed, pair_x[1], a_intent)
 
     def features(self, a: str, b: str, b_intent: str, pair_x: list[float]) -> dict[str, float]:
         """The model's features (``stream.pair_model.FEATURES``): the pair's look, then its

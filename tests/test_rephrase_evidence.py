@@ -1,7 +1,8 @@
 """Rephrase links beyond the lexical scorer: a restatement in other words that got the same
 intent and slots as the request before it (``stream.detectors.same_request``: linked without
 lexical overlap or pair evidence, and only then), and the evidence rules beside a warm
-classifier (``stream.pairs.PairEvidence.decide``), which leave new slot values alone."""
+classifier (``stream.pairs.PairEvidence.decide``), which leave new slot values alone unless
+the pair itself recurred after failures."""
 
 from __future__ import annotations
 
@@ -76,5 +77,29 @@ def test_rules_link_what_a_warm_model_rejects_but_no_new_slot_value_after_a_quie
     look = [0.0, 2.0, 0.0]  # lexical score, seconds after the response, no word swap
     assert ev.model.warm and ev.model.proba(ev.features(a, b, "alarm", look)) < 0.1
     assert ev.decide(a, b, "alarm", False, look) == 0.55
-    assert ev.decide(a, b, "alarm", False, look, new_value=True) == 0.0
+    # A new slot value after a quiet turn: the pair's own recurrence still links it, the
+    # intent people mean by ``a`` alone does not.
+    assert ev.decide(a, b, "alarm", False, look, new_value=True) == 0.55
     assert ev.decide(a, b, "alarm", True, look, new_value=True) == 0.55
+    for _ in range(5):
+        ev.count("", a, "alarm", False, True)
+    ev.count(a, "alarm for seven please", "alarm", True, True)  # seen once: no recurrence
+    assert ev.decide(a, "alarm for seven please", "alarm", False, look) == 0.0
+    assert ev.decide(a, "alarm for seven please", "alarm", False, look, new_value=True) == 0.0
+
+
+def test_a_request_misunderstood_then_restated_is_linked_by_what_people_mean():
+    from stream.pairs import PairEvidence
+
+    ev = PairEvidence()
+    a, b = "wake me up at seven", "alarm for seven please"
+    for _ in range(5):  # what people mean by ``a`` when it goes well
+        ev.count("", a, "alarm", False, True)
+    look = [0.0, 2.0, 0.0]
+    # ``a`` got ``alarm`` (nothing went wrong), then a new request: no evidence.
+    assert ev.decide(a, b, "alarm", False, look, a_intent="alarm") == 0.0
+    # ``a`` got another intent, confidently (a quiet NLU failure), and ``b`` got what people
+    # mean by ``a``: a restatement.
+    assert ev.decide(a, b, "alarm", False, look, a_intent="weather") == 0.6
+    # ... but not when ``b`` got something else too.
+    assert ev.decide(a, b, "time", False, look, a_intent="weather") == 0.0
