@@ -66,6 +66,9 @@ def _jaccard(a: frozenset[str] | set[str], b: frozenset[str] | set[str]) -> floa
     return len(a & b) / len(a | b)
 
 
+_FEATURES = ("token", "char", "sorted", "contain", "phonetic", "swap")
+
+
 def similarity(a: str, b: str) -> dict[str, float]:
     """Similarity features of two *normalised* utterances, each in [0, 1].
 
@@ -76,7 +79,17 @@ def similarity(a: str, b: str) -> dict[str, float]:
     metaphone codes (near-homophones); ``swap``: 1 when both sides have words the other
     lacks and those words do not sound or look alike ("add milk ..." -> "add eggs ..." is a
     new request with another slot value, "play jas" -> "play jazz" is not a swap).
+
+    A fresh dict each call (callers add their own features to it) from cached values.
     """
+    return dict(zip(_FEATURES, _similarity(a, b), strict=True))
+
+
+@lru_cache(maxsize=1 << 15)
+def _similarity(a: str, b: str) -> tuple[float, ...]:
+    """``similarity``'s values in ``_FEATURES`` order. Cached: the same pairs of requests
+    come up again and again (the head of the distribution, and its usual rephrasings), and
+    the string metrics are most of the cost of scoring a pair."""
     ta, tb = set(a.split()), set(b.split())
     inter = len(ta & tb)
     only_a, only_b = ta - tb - FILLERS, tb - ta - FILLERS
@@ -85,11 +98,11 @@ def similarity(a: str, b: str) -> dict[str, float]:
         da, db = " ".join(sorted(only_a)), " ".join(sorted(only_b))
         if fuzz.ratio(da, db) < 60.0 and not (_phonetic_tokens(da) & _phonetic_tokens(db)):
             swap = 1.0
-    return {
-        "token": inter / len(ta | tb) if ta or tb else 1.0,
-        "char": fuzz.ratio(a, b) / 100.0,
-        "sorted": fuzz.token_sort_ratio(a, b) / 100.0,
-        "contain": inter / min(len(ta), len(tb)) if ta and tb else 0.0,
-        "phonetic": _jaccard(_phonetic_tokens(a), _phonetic_tokens(b)),
-        "swap": swap,
-    }
+    return (
+        inter / len(ta | tb) if ta or tb else 1.0,
+        fuzz.ratio(a, b) / 100.0,
+        fuzz.token_sort_ratio(a, b) / 100.0,
+        inter / min(len(ta), len(tb)) if ta and tb else 0.0,
+        _jaccard(_phonetic_tokens(a), _phonetic_tokens(b)),
+        swap,
+    )
