@@ -33,7 +33,8 @@ from stream.failure import (
     attribute_in_hindsight,
     with_history,
 )
-from stream.pairs import MEANING_SHARE, PartitionedEvidence
+from stream.pair_partitions import PartitionedEvidence
+from stream.pairs import MEANING_SHARE
 from stream.records import KEY_TYPES, NEGATIVE_FEEDBACK, Output
 from stream.schema import Feedback, Turn
 from stream.session import DeviceState, TurnState

@@ -265,7 +265,7 @@ def test_failure_points_on_the_sample_match_the_truth() -> None:
 
 
 def test_observations_saved_before_they_carried_failure_points_still_count() -> None:
-    from stream.pairs import PartitionedEvidence
+    from stream.pair_partitions import PartitionedEvidence
     from stream.session import DeviceState
 
     ev = PartitionedEvidence(100, 1_000)

@@ -103,3 +103,24 @@ def test_a_request_misunderstood_then_restated_is_linked_by_what_people_mean():
     assert ev.decide(a, b, "alarm", False, look, a_intent="weather") == 0.6
     # ... but not when ``b`` got something else too.
     assert ev.decide(a, b, "time", False, look, a_intent="weather") == 0.0
+
+
+def test_a_new_value_after_words_that_resolve_the_wrong_thing_is_a_correction():
+    from stream.pair_model import FEATURES, HindsightModel
+    from stream.pairs import PairEvidence
+
+    def evidence(point: str) -> PairEvidence:
+        ev = PairEvidence(learn=True)
+        ev.model = HindsightModel.from_row([300, -3.0, *[0.0] * len(FEATURES)])  # warm, no
+        for _ in range(5):  # people mean ``call`` by it; its failures, decided in hindsight
+            ev.count("", "ring my sister", "call", False, True, points=[["ring my sister", point]])
+        return ev
+
+    look = [0.0, 2.0, 0.0]
+    args = ("ring my sister", "call jane", "call", False, look)
+    assert evidence("entity_resolution").decide(*args, new_value=True) == 0.55
+    # Words that fail elsewhere: another value of the same intent is a new request.
+    assert evidence("result").decide(*args, new_value=True) == 0.0
+    # b got something else than people mean by a.
+    assert evidence("entity_resolution").decide("ring my sister", "play jazz", "music", False,
+                                                look, new_value=True) == 0.0
