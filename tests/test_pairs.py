@@ -167,7 +167,7 @@ def test_partitioned_pipeline_with_restarts_equals_replay_on_evidence_links(mode
     # Quick: one restart half way (each restart restores every partition from the tables,
     # ~0.5 CPU s at this size); 25 batches on each side of it run on the in-memory state.
     for restart_every in (None, 900) if FULL else (2_500,):
-        outputs, _, _ = run_pipeline(to_messages(lines), restart_every=restart_every,
+        outputs, _ = run_pipeline(to_messages(lines), restart_every=restart_every,
                                      rephrase_model=model)
         assert without_global_rewrites(canonical(outputs)) == expected, restart_every
 

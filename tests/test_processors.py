@@ -3,6 +3,7 @@ state and restarts give exactly the in-process replay's records."""
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ import pytest
 from stream.devices import end_watermark
 from stream.engine import FeedbackEngine
 from stream.rates import DefectRateTracker, RateStage
-from stream.records import CHAINS, DEAD_LETTER, DEFECT_RATES, RATE_UPDATES, REWRITE_TRIGGERS
+from stream.records import (
+    CHAINS,
+    DEAD_LETTER,
+    DEFECT_RATES,
+    RATE_UPDATES,
+    REWRITE_TRIGGERS,
+    Output,
+)
 from stream.settings import Settings
 from tests.scale import FULL
 from topologies.processors import (
@@ -85,9 +93,13 @@ def to_messages(lines: list[bytes]) -> list[Message]:
     return msgs
 
 
-def run_pipeline(msgs: list[Message], restart_every: int | None = None, **overrides: Any):
-    """All stages as the Faust app wires them, with dicts as tables; ``restart_every``
-    messages the processors are replaced by fresh ones over the same tables."""
+def run_pipeline(msgs: list[Message], restart_every: int | None = None, *,
+                 end: list[Message] | None = None, **overrides: Any
+                 ) -> tuple[list[Output], list[Output]]:
+    """All stages as the Faust app wires them, with dicts as tables, over ``msgs`` in batches
+    of 100 and then ``end`` as a batch of its own: the outputs before ``end`` and those of
+    ``end``. Every ``restart_every`` messages the processors are replaced by fresh ones over
+    the same tables."""
     settings = KafkaSettings(partitions=PARTITIONS, **overrides)
     tables: dict[str, dict] = {"devices": {}, "rates": {}, "personal": {}, "global": {}}
 
@@ -98,14 +110,17 @@ def run_pipeline(msgs: list[Message], restart_every: int | None = None, **overri
                 GlobalRewriteProcessor(settings, tables["global"]))
 
     devices, rates, rewrites = fresh()
-    outputs = []
+    outputs: list[Output] = []
     rate_offsets = Counter()
     chain_offset = 0
-    for start in range(0, len(msgs), 100):
-        if restart_every and start and start % restart_every == 0:
+    batches = [msgs[start:start + 100] for start in range(0, len(msgs), 100)]
+    for n, batch in enumerate([*batches, end] if end else batches):
+        if restart_every and n < len(batches) and n and n * 100 % restart_every == 0:
             devices, rates, rewrites = fresh()
+        if n == len(batches):
+            before_end, outputs = outputs, []
         updates, chains = [], []
-        for out in devices.process(msgs[start:start + 100]):
+        for out in devices.process(batch):
             if out.stream == RATE_UPDATES:
                 p = partition_of(out.key, PARTITIONS)
                 updates.append(Message(None, orjson.dumps(out.record), p, rate_offsets[p]))
@@ -119,7 +134,7 @@ def run_pipeline(msgs: list[Message], restart_every: int | None = None, **overri
         outputs += rewrites.process(chains)
         for processor in (devices, rates, rewrites):  # outputs "published": state follows
             processor.commit()
-    return outputs, rates, tables["rates"]
+    return (before_end, outputs) if end else (outputs, [])
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +151,12 @@ def replayed(lines: list[bytes]) -> tuple[Counter, dict]:
 
 
 def test_partitioned_pipeline_equals_replay(lines, replayed):
-    outputs, _, _ = run_pipeline(to_messages(lines))
+    outputs, _ = run_pipeline(to_messages(lines))
     assert canonical(outputs) == replayed
 
 
 def test_restarts_continue_from_table_state(lines, replayed):
-    outputs, _, _ = run_pipeline(to_messages(lines), restart_every=700)
+    outputs, _ = run_pipeline(to_messages(lines), restart_every=700)
     assert canonical(outputs) == replayed
 
 
@@ -193,14 +208,20 @@ def stage1_tables() -> dict:
     return {"devices": {}, "personal": {}, RATE_UPDATES: [], CHAINS: [], "signals": Counter()}
 
 
-def run_stage1(batches, settings, tables, landing: int | None = None) -> int:
-    """Stage 1 (devices + personal layer) over ``batches``, publishing rate-updates and chains
-    into topic lists; with ``landing``, the last batch's outputs are published and then the
-    worker dies during its state writes: only the first ``landing`` of them land. Returns
-    how much of ``landing`` was left (0: some writes were lost)."""
+def stage1_worker(settings: KafkaSettings, tables: dict) -> DeviceProcessor:
+    """A fresh stage-1 worker (devices + personal layer) over ``tables``."""
+    return DeviceProcessor(settings, tables["devices"],
+                           chains=PersonalRewrites(settings, tables["personal"]))
+
+
+def run_stage1(batches, settings, tables, landing: int | None = None,
+               devices: DeviceProcessor | None = None) -> int:
+    """Stage 1 over ``batches`` (a fresh worker, or ``devices`` going on), publishing
+    rate-updates and chains into topic lists; with ``landing``, the last batch's outputs are
+    published and then the worker dies during its state writes: only the first ``landing`` of
+    them land. Returns how much of ``landing`` was left (0: some writes were lost)."""
     budget = [0]
-    personal = PersonalRewrites(settings, tables["personal"])
-    devices = DeviceProcessor(settings, tables["devices"], chains=personal)
+    devices = devices if devices is not None else stage1_worker(settings, tables)
     for n, batch in enumerate(batches, 1):
         for out in devices.process(batch):
             if out.stream in (RATE_UPDATES, CHAINS):
@@ -210,33 +231,54 @@ def run_stage1(batches, settings, tables, landing: int | None = None) -> int:
         if landing is not None and n == len(batches):
             budget[0] = landing
             devices.table = CrashingTable(tables["devices"], budget)
-            personal.table = CrashingTable(tables["personal"], budget)
+            devices.chains.table = CrashingTable(tables["personal"], budget)
         devices.commit()
     return budget[0]
 
 
-def run_behind_stage1(settings, tables):
-    """Stage 2 and the global layer over everything stage 1 published."""
-    rates, rewrites = RateProcessor(settings, {}), GlobalRewriteProcessor(settings, {})
-    topic_offsets = Counter()
-    for out in tables[RATE_UPDATES]:
+def feed_stage2(rates: RateProcessor, offsets: Counter, updates: list) -> None:
+    """Stage 2 over rate-updates as stage 1 published them, one message per poll; ``offsets``:
+    the next offset of each partition of the rate-updates topic."""
+    for out in updates:
         p = partition_of(out.key, PARTITIONS)
-        rates.process([Message(None, orjson.dumps(out.record), p, topic_offsets[p])])
-        topic_offsets[p] += 1
+        rates.process([Message(None, orjson.dumps(out.record), p, offsets[p])])
+        offsets[p] += 1
+
+
+def run_behind_stage1(settings, tables, stage2: tuple[RateProcessor, Counter] | None = None):
+    """Stage 2 and the global layer over everything stage 1 published; ``stage2``: a stage 2
+    (and its topic offsets) that has applied the first of the rate-updates already."""
+    rates, offsets = stage2 if stage2 is not None else (RateProcessor(settings, {}), Counter())
+    feed_stage2(rates, offsets, tables[RATE_UPDATES][offsets.total():])
     rates.commit()
+    rewrites = GlobalRewriteProcessor(settings, {})
     rewrites.process([Message(None, orjson.dumps(out.record), 0, n)
                       for n, out in enumerate(tables[CHAINS])])
     return rates, rewrites
 
 
+# The batch the kill cases kill: half way at full scale; quick, six batches before the end of
+# the sample (what runs again after the kill is what a case costs; still a warm state).
+KILLED_FROM_END = None if FULL else 6
+
+
 @pytest.fixture(scope="module")
-def clean_stage1(lines: list[bytes], replayed: tuple[Counter, dict]
-                 ) -> tuple[dict, RateProcessor, GlobalRewriteProcessor, dict]:
-    """The run without a crash that every crash case is compared with, and the replay's final
-    estimates (only read)."""
-    settings, clean = KafkaSettings(partitions=PARTITIONS), stage1_tables()
-    run_stage1(batches_of(lines), settings, clean)
-    return (clean, *run_behind_stage1(settings, clean), replayed[1])
+def clean_stage1(lines: list[bytes], replayed: tuple[Counter, dict]) -> dict:
+    """The run without a crash that every crash case is compared with, its stages behind, the
+    replay's final estimates, and (pickled) that run's stage-1 worker, tables and stage 2 just
+    before the killed batch: each case goes on from a copy (its worker ran the same until
+    then), all else is only read."""
+    settings, clean, batches = KafkaSettings(partitions=PARTITIONS), stage1_tables(), \
+        batches_of(lines)
+    crash_at = len(batches) - KILLED_FROM_END if KILLED_FROM_END else len(batches) // 2
+    devices, stage2 = stage1_worker(settings, clean), (RateProcessor(settings, {}), Counter())
+    run_stage1(batches[:crash_at - 1], settings, clean, devices=devices)
+    feed_stage2(*stage2, clean[RATE_UPDATES])
+    before = pickle.dumps((devices, clean, stage2), protocol=pickle.HIGHEST_PROTOCOL)
+    run_stage1(batches[crash_at - 1:], settings, clean, devices=devices)
+    rates, rewrites = run_behind_stage1(settings, clean, stage2)
+    return {"settings": settings, "batches": batches, "crash_at": crash_at, "before": before,
+            "clean": clean, "rates": rates, "rewrites": rewrites, "want": replayed[1]}
 
 
 # Where the state writes stop (10**9: all landed) and how many batches before the killed one
@@ -249,23 +291,24 @@ KILLS = ([(landing, rewind) for rewind in (0, 2) for landing in LANDINGS] if FUL
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("landing", "rewind"), KILLS)
-def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, clean_stage1,
-                                                                 landing, rewind):
+def test_stage1_killed_during_state_writes_counts_every_turn_once(clean_stage1, landing,
+                                                                 rewind):
     """SIGKILL between publishing a batch's outputs and writing its state, with any part of
     the state writes landed, and input offsets committed ``rewind`` batches before it: the
     restarted stage 1 re-emits the batch's rate-updates and chains, and the stages behind
     apply each turn's update and each chain exactly once (the ``src`` positions), ending
     with exactly the estimates and rewrite-miner states of a run without the crash."""
-    settings, batches = KafkaSettings(partitions=PARTITIONS), batches_of(lines)
-    crash_at = len(batches) // 2
-    clean, clean_rates, clean_rewrites, want = clean_stage1
+    c = clean_stage1
+    settings, batches, crash_at = c["settings"], c["batches"], c["crash_at"]
+    clean, want = c["clean"], c["want"]
 
-    crashed = stage1_tables()
-    lost_writes = not run_stage1(batches[:crash_at], settings, crashed, landing=landing)
+    devices, crashed, stage2 = pickle.loads(c["before"])
+    lost_writes = not run_stage1(batches[crash_at - 1:crash_at], settings, crashed,
+                                 landing=landing, devices=devices)
     resumed = len(crashed[RATE_UPDATES])
     run_stage1(batches[crash_at - 1 - rewind:], settings, crashed)
     assert len(crashed[RATE_UPDATES]) > resumed  # there was something to re-emit
-    rates, rewrites = run_behind_stage1(settings, crashed)
+    rates, rewrites = run_behind_stage1(settings, crashed, stage2)
 
     positions = Counter((o.key, tuple(u["src"]), u["event_id"])
                         for o in crashed[RATE_UPDATES] for u in o.record["updates"])
@@ -275,8 +318,8 @@ def test_stage1_killed_during_state_writes_counts_every_turn_once(lines, clean_s
     final = {k: RateStage.record(*k.split(":", 1), DefectRateTracker(*decode(v)["t"]))
              for k, v in rates.table.items()}
     assert final == want == {k: RateStage.record(*k.split(":", 1), DefectRateTracker(
-        *decode(v)["t"])) for k, v in clean_rates.table.items()}
-    assert rewrites.miner.to_dict() == clean_rewrites.miner.to_dict()
+        *decode(v)["t"])) for k, v in c["rates"].table.items()}
+    assert rewrites.miner.to_dict() == c["rewrites"].miner.to_dict()
     # Every signal record of the clean run, nothing else (repeats: at-least-once).
     assert set(crashed["signals"]) == set(clean["signals"])
     personal = {k: decode(v)["m"] for k, v in crashed["personal"].items()}
@@ -381,13 +424,13 @@ def test_sparse_stream_partitioned_equals_replay():
     turns (the replay's end of file = the end-of-stream watermark on every partition)."""
     lines = idle_gap_lines()
     expected_signals, expected_rates = replay_records(lines)
-    outputs, _, _ = run_pipeline(to_messages(with_end_of_stream(lines)))
-    signals, rates = canonical(outputs)
+    msgs = to_messages(with_end_of_stream(lines))  # the end watermark: one per partition, last
+    without_end, at_end = run_pipeline(msgs[:-PARTITIONS], end=msgs[-PARTITIONS:])
+    signals, rates = canonical(without_end + at_end)
     assert signals == expected_signals
     assert rates == expected_rates
     # The stream exercises what it is meant to: feedback both counted and past the window,
     # and turns that only the end of the stream finalises.
     streams = Counter(stream for stream, _ in signals.elements())
     assert streams["defects"] > 400 and streams["dead-letter"] > 100
-    without_end, _, _ = run_pipeline(to_messages(lines))
     assert sum(o.stream == "defects" for o in without_end) < streams["defects"]
