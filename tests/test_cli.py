@@ -2,9 +2,9 @@
 
 Most tests run a command in this process (``run_cli``, conftest.py): they check what it does
 (exit code, messages, files), and a child interpreter costs ~2 s of CPU (start-up and the
-engine's imports); stdin is then a file object standing in for it. True subprocesses (``cli``)
-stay where the process is the point: ``--help``, an exit code through ``sys.exit``, metrics
-served while running, the Kafka tests.
+engine's imports); stdin is then a file object standing in for it, and a command that holds
+(metrics served while running) runs in a thread. True subprocesses (``cli``) stay where the
+process is the point: ``--help``, an exit code through ``sys.exit``, the Kafka tests.
 """
 
 from __future__ import annotations
@@ -94,18 +94,23 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
-def test_replay_serves_metrics_while_running(tmp_path):
+def test_replay_serves_metrics_while_running(tmp_path, run_cli, monkeypatch):
+    """The replay's own HTTP server answers while the command runs (here: holds its final
+    metrics); the command runs in a thread of this process, its hold ended by the test."""
     import threading
+    import types
 
+    from topologies import cli
     from topologies.ports import free_port
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "topologies.cli", "replay", str(ROOT / "data" / "sample.jsonl"),
-         "--out", str(tmp_path), "--no-progress", "--metrics-port", str(port),
-         "--metrics-hold", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    killer = threading.Timer(600, proc.kill)  # the hold only bounds a hang; killed below
-    killer.start()
+    port, release = free_port(), threading.Event()
+    # The hold is the command's last step: it waits for the test instead of 600 s.
+    monkeypatch.setattr(cli, "time", types.SimpleNamespace(sleep=lambda _s: release.wait(600)))
+    result: list = []
+    command = threading.Thread(target=lambda: result.append(run_cli(
+        "replay", str(ROOT / "data" / "sample.jsonl"), "--out", str(tmp_path), "--no-progress",
+        "--metrics-port", str(port), "--metrics-hold", "600")), daemon=True)
+    command.start()
     try:
         done = re.compile(r'^feedback_stream_events_total\{outcome="ok",type="turn"\} 3610\.0$',
                           re.M)
@@ -115,9 +120,10 @@ def test_replay_serves_metrics_while_running(tmp_path):
         assert re.search(r'^feedback_stream_dead_letters_total\{reason="invalid_json"\} '
                          r'[1-9]', text, re.M)
     finally:
-        killer.cancel()
-        proc.kill()
-        proc.wait()
+        release.set()
+        command.join(60)
+    assert [proc.returncode for proc in result] == [0], result
+    assert b"serving final metrics for 600 s" in result[0].stderr
 
 
 @pytest.mark.kafka
