@@ -4,6 +4,7 @@ in-process engine (every output equal to one delivery)."""
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -17,7 +18,6 @@ from stream.dedupe import SeenFilter, fingerprint
 from stream.engine import FeedbackEngine
 from stream.records import DEAD_LETTER, DEFECT_RATES, OUTPUT_STREAMS, REWRITE_TRIGGERS
 from stream.settings import Settings
-from tests.test_faults import replay as replay_records
 from tests.test_processors import idle_gap_lines
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample.jsonl"
@@ -112,10 +112,33 @@ def test_fingerprint_is_the_same_in_every_process():
     assert runs == {f"{here[0]} {here[1]}\n"}
 
 
-def replay(lines: list[bytes]) -> tuple[dict[str, list[dict]], FeedbackEngine]:
-    """The replay's records per stream, and its engine (for the counters)."""
-    eng = FeedbackEngine()
-    return replay_records(lines, engine=eng), eng
+Records = dict[str, list[dict]]
+Replayed = tuple[Records, FeedbackEngine]
+
+
+def deliver(engine: FeedbackEngine, lines: list[bytes], out: Records, first: int = 1) -> None:
+    """``lines`` through ``engine`` (as a replay reads them, numbered from ``first``), the
+    records into ``out`` per stream."""
+    for number, line in enumerate(lines, first):
+        for o in engine.process(line, {"line": number}):
+            out[o.stream].append(o.record)
+
+
+def end_of_input(engine: FeedbackEngine, out: Records) -> Replayed:
+    for o in engine.flush():
+        out[o.stream].append(o.record)
+    return out, engine
+
+
+def delivered_once_and_twice(lines: list[bytes]) -> tuple[Replayed, Replayed]:
+    """The replay of ``lines`` and of ``lines + lines``: its records per stream and its engine
+    (for the counters). The second delivery goes on from a copy of the first's engine and
+    records before the end of input (the first delivery runs once)."""
+    engine, out = FeedbackEngine(), {name: [] for name in OUTPUT_STREAMS}
+    deliver(engine, lines, out)
+    engine2, out2 = pickle.loads(pickle.dumps((engine, out), protocol=pickle.HIGHEST_PROTOCOL))
+    deliver(engine2, lines, out2, first=len(lines) + 1)
+    return end_of_input(engine, out), end_of_input(engine2, out2)
 
 
 def final_per_key(records: list[dict]) -> dict[tuple, dict]:
@@ -131,7 +154,7 @@ def without_source(records: list[dict]) -> Counter:
                                 option=orjson.OPT_SORT_KEYS) for r in records)
 
 
-def event_count(out: dict[str, list[dict]], eng: FeedbackEngine) -> int:
+def event_count(out: Records, eng: FeedbackEngine) -> int:
     """Events with an event id in a replay (what a repeat must count as duplicates):
     processed or dropped as duplicates, plus those dead-lettered after parsing (feedback for
     an unknown turn, late events)."""
@@ -151,8 +174,7 @@ def test_stream_delivered_twice_equals_delivered_once(stream):
     silently dropped)."""
     lines = ([line for line in SAMPLE.read_bytes().splitlines() if line.strip()]
              if stream == "sample" else idle_gap_lines())
-    once, eng1 = replay(lines)
-    twice, eng2 = replay(lines + lines)
+    (once, eng1), (twice, eng2) = delivered_once_and_twice(lines)
     # Valid events the first delivery dead-lettered (feedback for an unknown turn) were seen:
     # their repeats are duplicates too.
     invalid = [r for r in once[DEAD_LETTER] if r["reason"] not in PARSED_DEAD_LETTERS]
