@@ -111,19 +111,24 @@ def population_replay(model: bool) -> tuple[list[Output], FeedbackEngine]:
     return replay(population_lines(), model)
 
 
+@cache
+def words_alone_links() -> frozenset[tuple[str, str]]:
+    """The rephrase links of the population stream with no evidence deciding (nor a model:
+    it acts through the evidence's ``decide``), replayed once per run."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PairEvidence, "decide", lambda self, *args: 0.0)
+        return frozenset(rephrase_links(replay(population_lines())[0]))
+
+
 @pytest.mark.parametrize("model", [False, True])
-def test_evidence_links_what_words_alone_do_not(monkeypatch: pytest.MonkeyPatch,
-                                                model: bool) -> None:
-    lines = population_lines()
+def test_evidence_links_what_words_alone_do_not(model: bool) -> None:
     outputs, eng = population_replay(model)
     with_evidence = rephrase_links(outputs)
     # With the model on, every partition's model learned from the stream's hindsight labels
     # and decides now; off, none learns.
     models = [ev.model for ev in eng.stage1.devices.evidence.parts.values()]
     assert len(models) == 4 and all(m.warm == model for m in models)
-    monkeypatch.setattr(PairEvidence, "decide", lambda self, *args: 0.0)
-    words_alone = rephrase_links(replay(lines, model)[0])
-    assert len(with_evidence) > len(words_alone) + 100
+    assert len(with_evidence) > len(words_alone_links()) + 100
 
 
 def test_hindsight_labels_teach_the_model():
