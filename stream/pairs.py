@@ -53,10 +53,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from stream import word_meaning
 from stream.pair_model import LINK_FAILED, LINK_QUIET, HindsightModel
 
 SEP = "\x1f"  # unit separator: normalised utterances hold no control characters
-TABLES = ("pairs", "intents", "meanings", "failures")
+TABLES = ("pairs", "intents", "meanings", "failures", "words")
 
 MEANING_SHARE = 0.6
 """An intent is what people mean by an utterance when it has this share of its fine plays."""
@@ -77,9 +78,9 @@ that follows failures of ``a`` this much more often than the base rate."""
 class PairEvidence:
     """The evidence of one partition: counts, a clock and pointers to waiting observations."""
 
-    __slots__ = ("max_pairs", "pairs", "intents", "meanings", "failures", "clock", "observed",
-                 "failed", "evictions", "due", "orphans", "changed", "dropped", "track", "model",
-                 "learn")
+    __slots__ = ("max_pairs", "pairs", "intents", "meanings", "failures", "words", "clock",
+                 "observed", "failed", "evictions", "due", "orphans", "changed", "dropped",
+                 "track", "model", "learn")
 
     def __init__(self, max_pairs: int = 20_000, learn: bool = False) -> None:
         self.max_pairs = max_pairs
@@ -94,6 +95,8 @@ class PairEvidence:
         self.failures: dict[str, list[Any]] = {}
         """``u`` -> [its failures decided in hindsight, their commonest failure point, its
         Misra-Gries count] (``failure_profile``)."""
+        self.words: dict[str, list[Any]] = {}
+        """Word -> the intents fine plays with it got (``stream.word_meaning``)."""
         self.model = HindsightModel()
         """The online classifier learned from this partition's pairs (``stream.pair_model``):
         saved with the clock and totals (``snapshot_meta``)."""
@@ -128,6 +131,8 @@ class PairEvidence:
         if b_fine and b_intent:
             row[1] += 1
             _vote(row, 2, b_intent)
+            for w in word_meaning.words(b):
+                word_meaning.vote(self._row("words", w, word_meaning.new_row()), b_intent)
         for u, point in points or ():
             row = self._row("failures", u, [0, "", 0])
             row[0] += 1
@@ -193,6 +198,9 @@ class PairEvidence:
           confidently), or that intent follows failures of ``a`` more often than requests
           follow failures in this partition (``LIFT``, smoothed towards the base rate);
         - or the pair itself recurred (``recurs``);
+        - or ``a``'s words mean the intent ``b`` got and (almost) never the one ``a`` got
+          (``stream.word_meaning.restates``: a misunderstood phrasing too rare to have a
+          meaning of its own);
         - or ``a`` visibly failed now, ``b`` came within ``QUICK_S`` of its response
           (``reaction_s``) and the intent ``b`` got follows failures of ``a`` clearly more often
           than requests follow failures (``QUICK_LIFT``): "i need alarmz set for 6am" (misheard,
@@ -206,6 +214,9 @@ class PairEvidence:
                      or self._follows_failures(self.intents.get(a + SEP + b_intent)))):
             return 0.6
         if self.recurs(a, b):
+            return 0.55
+        if (meaning is None or meaning[1] < MEANING_SHARE) and word_meaning.restates(
+                map(self.words.get, word_meaning.words(a)), a_intent, b_intent):
             return 0.55
         if (a_failed and b_intent and reaction_s is not None and reaction_s <= QUICK_S
                 and self.observed and _lift(self.intents.get(a + SEP + b_intent),
@@ -326,7 +337,7 @@ class PairEvidence:
         ev = cls(max_pairs, learn=len(data["meta"]) > 4)
         ev.restore_meta(data["meta"])
         for name in TABLES:
-            for key, row in data[name].items():
+            for key, row in data.get(name, {}).items():  # "words" came later
                 ev.restore(name, key, row)
         return ev
 

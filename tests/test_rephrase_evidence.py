@@ -124,3 +124,25 @@ def test_a_new_value_after_words_that_resolve_the_wrong_thing_is_a_correction():
     # b got something else than people mean by a.
     assert evidence("entity_resolution").decide("ring my sister", "play jazz", "music", False,
                                                 look, new_value=True) == 0.0
+
+
+def test_a_rare_request_misunderstood_is_linked_by_what_its_words_mean():
+    from stream.pairs import PairEvidence
+
+    ev = PairEvidence()
+    for text in ("convert fahrenheit to celsius", "fahrenheit in celsius please",
+                 "what is 40 fahrenheit in celsius"):  # other phrasings, gone well
+        ev.count("", text, "measurement_conversion", False, True)
+    a, b = "what's 32 degrees fahrenheit in celsisus", "how many celsius is 32 fahrenheit"
+    look = [0.0, 2.0, 0.0]
+    assert ev.meaning(a) is None  # never heard before: no meaning of its own
+    # It got an intent its words never come with, confidently, and then the next request
+    # got the one they do mean: a restatement.
+    assert ev.decide(a, b, "measurement_conversion", False, look, a_intent="directions") == 0.55
+    # It got what its words mean; the next request is something else: a follow-up.
+    assert ev.decide(a, "what time is it", "time", False, look,
+                     a_intent="measurement_conversion") == 0.0
+    # Its words do come with the intent it got: no evidence it was misunderstood.
+    for _ in range(3):
+        ev.count("", "fahrenheit forecast", "weather", False, True)
+    assert ev.decide(a, b, "measurement_conversion", False, look, a_intent="weather") == 0.0
