@@ -283,12 +283,17 @@ class DeviceStage:
         self.changes.touch(st.device_id)
 
     def _finalize(self, st: DeviceState, turn: TurnState, out: list[Output]) -> None:
-        st.recent_turns[turn.event_id] = (turn.ts, turn.utterance)
+        recent = st.recent_turns
+        recent[turn.event_id] = (turn.ts, turn.utterance)
+        if turn.ts < st.recent_turns_floor:
+            st.recent_turns_floor = turn.ts
         # Kept while feedback within the teach window of it can still be admitted.
         s = self.settings
         horizon = st.watermark - s.allowed_lateness_ms - s.teach_window_ms
-        for eid in [e for e, (ts, _) in st.recent_turns.items() if ts < horizon]:
-            del st.recent_turns[eid]
+        if st.recent_turns_floor < horizon:
+            for eid in [e for e, (ts, _) in recent.items() if ts < horizon]:
+                del recent[eid]
+            st.recent_turns_floor = min((ts for ts, _ in recent.values()), default=0)
         defective = bool(turn.signals)
         if defective:
             rephrase = st.find_pending(turn.rephrased_by) if turn.rephrased_by else None

@@ -89,6 +89,9 @@ class DeviceState:
     observations: list[list[Any]] = dataclasses.field(default_factory=list)
     """Final requests waiting to join the pair evidence (``stream.pairs``): [due, previous
     request, request, intent, previous failed, fine, *pair_x of the request]."""
+    recent_turns_floor: int = dataclasses.field(default=0, compare=False, repr=False)
+    """At most the smallest ts in ``recent_turns`` (0: unknown), so that finalising a turn
+    scans them for expired ones only when one can have expired. Derived, not saved."""
 
     def remember(self, event_id: str, ts: int, horizon: int, capacity: int) -> None:
         """Remember ``event_id``; forget ids older than ``horizon`` (from the oldest
