@@ -78,6 +78,17 @@ def missing_records(settings: KafkaSettings, expected: dict[str, list[dict]]) ->
     return "\n".join(lines) or "no expected record is missing"
 
 
+def collect_or_name_missing(settings: KafkaSettings, expected: dict[str, list[dict]],
+                            timeout_s: float, worker: WorkerProcess) -> dict[str, list[dict]]:
+    """``collect_outputs`` for the replay's ``expected`` records; when it gives up, the error
+    names the missing records (a count alone does not say which event or partition lost them)."""
+    expected_n = Counter({name: len(recs) for name, recs in expected.items()})
+    try:
+        return collect_outputs(settings, expected_n, timeout_s=timeout_s, worker=worker)
+    except PipelineError as exc:
+        raise PipelineError(f"{missing_records(settings, expected)}\n{exc}") from None
+
+
 def metrics(settings: KafkaSettings) -> str:
     url = f"http://127.0.0.1:{settings.web_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:
@@ -198,7 +209,6 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
     lines = SAMPLE.read_bytes().splitlines()
     settings = pipeline_settings(broker.bootstrap, "sigkill")
     expected_records = replay(lines)
-    expected_n = Counter({name: len(recs) for name, recs in expected_records.items()})
 
     first = WorkerProcess(settings, log_path=tmp_path / "first.log", loglevel="info").start()
     producer = GatedProducer(lines, broker.bootstrap, settings.input_topic, rate=200).start()
@@ -214,10 +224,7 @@ def test_sigkill_mid_stream_then_new_worker_loses_and_double_counts_nothing(
                            log_path=tmp_path / "second.log", loglevel="info").start()
     try:
         assert producer.finish() == len(lines)
-        try:
-            outputs = collect_outputs(settings, expected_n, timeout_s=240, worker=second)
-        except PipelineError as exc:
-            raise PipelineError(f"{missing_records(settings, expected_records)}\n{exc}") from None
+        outputs = collect_or_name_missing(settings, expected_records, 240, second)
         assert second.alive(), second.log_tail()
     finally:
         second.stop()
@@ -280,7 +287,6 @@ def test_rebalances_mid_stream_lose_and_double_count_nothing(broker, tmp_path, r
     lines = SAMPLE.read_bytes().splitlines()
     settings = pipeline_settings(broker.bootstrap, "rebalance")
     expected_records = replay(lines)
-    expected_n = Counter({name: len(recs) for name, recs in expected_records.items()})
     second_settings = dataclasses.replace(settings, web_port=free_port())
 
     # Three parts: the second worker joins during the second, leaves before the third.
@@ -303,7 +309,7 @@ def test_rebalances_mid_stream_lose_and_double_count_nothing(broker, tmp_path, r
                    "the first worker to take every partition back", worker=first)
         mid_stream = producer.held_back
         assert producer.finish() == len(lines)
-        outputs = collect_outputs(settings, expected_n, timeout_s=150, worker=first)
+        outputs = collect_or_name_missing(settings, expected_records, 150, first)
     finally:
         if second is not None:
             second.stop()

@@ -98,3 +98,41 @@ def test_unreachable_broker_skips_the_commit_and_checks_again_next_time():
     assert run(guard.guarded_commit({TP("in", 0): 11}, group.committer({TP("in", 0): 11})))
     assert group.offsets[("in", 0)] == 11
 
+
+
+class FakeMembership:
+    """The consumer's (generation, member id), as aiokafka's group coordinator holds it."""
+
+    def __init__(self, generation: int, member_id: str) -> None:
+        self.now = (generation, member_id)
+
+    def __call__(self) -> tuple[int, str]:
+        return self.now
+
+
+def test_a_rejoin_at_a_higher_generation_is_a_rebalance_not_a_lost_group():
+    group, member = FakeGroup(), FakeMembership(0, "a")
+    guard = OffsetGuard("in", group.fetch, member)
+    offsets = {TP("in", 0): 10}
+    assert run(guard.guarded_commit(offsets, group.committer(offsets)))
+    member.now = (1, "a")  # another worker joined
+    assert run(guard.guarded_commit({TP("in", 0): 11}, group.committer({TP("in", 0): 11})))
+    member.now = (-1, "")  # dropped (session timeout), not joined yet
+    guard.check_membership()
+    member.now = (3, "b")  # rejoined under a new member id, later generation
+    assert run(guard.guarded_commit({TP("in", 0): 12}, group.committer({TP("in", 0): 12})))
+    assert guard.member == (3, "b") and len(group.commits) == 3
+
+
+@pytest.mark.parametrize("generation", [0, 2])
+def test_a_rejoin_at_the_same_or_an_older_generation_gets_no_commit(generation):
+    """The restarted embedded broker starts the group at generation 0 again: caught even when
+    this worker never committed (no offsets to compare)."""
+    group, member = FakeGroup(), FakeMembership(2, "a")
+    guard = OffsetGuard("in", group.fetch, member)
+    guard.check_membership()  # at the first assignment
+    member.now = (generation, "b")
+    offsets = {TP("in", 0): 10}
+    with pytest.raises(BrokerLostOffsets, match=f"generation {generation} after generation 2"):
+        run(guard.guarded_commit(offsets, group.committer(offsets)))
+    assert group.commits == [] and group.fetches == []

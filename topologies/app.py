@@ -47,6 +47,7 @@ settings = KafkaSettings.from_env()
 faust_fixes.install_recovery_seek_fix()
 faust_fixes.install_fetch_max_wait(settings.fetch_max_wait_ms)
 faust_fixes.install_fetch_hole_rewind()
+faust_fixes.install_full_producer_flush()  # table writes sent before offsets are committed
 
 
 app = faust.App(settings.app_id, **faust_config(settings))
