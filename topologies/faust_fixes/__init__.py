@@ -10,7 +10,8 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
 - ``fetch_max_wait``: Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer.
 - ``startup_logging``: Faust's worker leaves the root logger at DEBUG after start-up.
 - ``broker_offsets``: crash instead of committing input offsets to a broker that lost the
-  group's committed offsets (memory storage); checked in the commit path.
+  group's committed offsets or membership (memory storage); checked in the commit path and
+  at partition assignment.
 - ``producer_backpressure``: Faust's producer-buffer waits counted as metrics, not logged.
 - ``fetch_holes``: records fetched but never delivered to the streams (the positions moved on
   past them after a rebalance) are fetched again instead of committed over as a gap, also at
@@ -19,8 +20,7 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
   transport hands them one per fetched partition chunk, offsets committed exactly (not the
   worker's transport yet, see docs/operations.md).
 - ``producer_flush``: Faust's producer flush before an offset commit returns early under
-  load (0.1 s per message), so offsets were committed ahead of the table writes: wait for all
-  (not installed in the worker yet, see docs/operations.md).
+  load (0.1 s per message), so offsets were committed ahead of the table writes: wait for all.
 - ``consumer_internals``: the only reads of Faust's private per-partition consumer offsets.
 
 ``topologies.app`` installs them; nothing else in the app touches Faust internals.

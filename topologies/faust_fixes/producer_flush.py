@@ -17,10 +17,10 @@ Here ``flush`` waits until the queue is empty and no message is between the queu
 aiokafka, however long that takes (aiokafka's own flush then waits for the batches); it stops
 waiting only when the buffer's service stops (Faust then raises, as before).
 
-Not installed in the worker yet: with it, the worker's first offset commit can wait out an
-embedded-broker restart and land on the new broker, which the offset guard cannot tell from a
-first commit (docs/operations.md, "The chunk transport"). The restart test of
-tests/test_faust_fixes.py runs an app with it.
+The worker installs it (``topologies.app``). With it, the worker's first offset commit can wait
+out an embedded-broker restart; the offset guard's membership check (``broker_offsets``) keeps
+that commit off the new broker. The restart test of tests/test_faust_fixes.py runs an app with
+it; the worker's SIGKILL, rebalance and broker-restart tests run with it.
 
 Upstream: no faust-streaming issue filed from here; ``ProducerBuffer.flush`` replaced,
 ``ProducerBuffer._send_pending`` wrapped to count the message in transit.
