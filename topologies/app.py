@@ -51,6 +51,7 @@ faust_fixes.install_full_producer_flush()  # table writes sent before offsets ar
 
 
 app = faust.App(settings.app_id, **faust_config(settings))
+faust_fixes.install_offset_guard(app, settings.input_topic)  # sees the first assignment
 
 
 @app.on_worker_init.connect
@@ -162,7 +163,6 @@ async def mine(stream: faust.StreamT) -> None:
 @app.task
 async def _after_startup() -> None:
     # A task, not app.on_startup_finished: Faust's Worker takes that slot for itself.
-    faust_fixes.install_offset_guard(app, settings.input_topic)  # before the first commit
     await faust_fixes.stop_debug_logging_after_startup()
     # kill -USR1 <pid>: where every task waits (docs/operations.md)
     install_task_dump(None, _consumer_flow_state, _stream_queues)

@@ -44,6 +44,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 log = logging.getLogger(__name__)
+_GUARDED = "_feedback_stream_offset_guard"
 
 Fetch = Callable[[list[tuple[str, int]]], Awaitable[dict[tuple[str, int], int | None]]]
 """Reads the group's committed offset per (topic, partition); None = none committed."""
@@ -120,48 +121,61 @@ class OffsetGuard:
 
 
 def install_offset_guard(app: Any, input_topic: str) -> OffsetGuard:
-    """Route the Faust consumer's offset commits (after its producer flush) through an
-    :class:`OffsetGuard` and check membership at every partition assignment; a finding logs
-    CRITICAL and crashes the app (non-zero exit)."""
-    consumer = app.consumer
-    thread = consumer._thread  # Faust's aiokafka consumer thread (owns the connection)
+    """Check membership at every partition assignment and route the Faust consumer's offset
+    commits (after its producer flush) through an :class:`OffsetGuard`; a finding logs CRITICAL
+    and crashes the app (non-zero exit).
+
+    Call it when the app is declared: the first assignment must be seen (installed later, the
+    first membership seen can already be the restarted broker's, with nothing to compare). The
+    commit path is wrapped at the first assignment, before anything can be committed."""
+
+    def thread() -> Any:
+        return app.consumer._thread  # Faust's aiokafka consumer thread (owns the connection)
 
     def membership() -> tuple[int, str]:
         # Two attribute reads from another thread: aiokafka resets both before a rejoin and
         # sets the member id before the generation, so a torn read looks "between joins".
-        coordinator = thread._ensure_consumer()._coordinator
+        coordinator = thread()._ensure_consumer()._coordinator
         return coordinator.generation, coordinator.member_id
 
     async def fetch(tps: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
-        aio = thread._ensure_consumer()
+        consumer_thread = thread()
+        aio = consumer_thread._ensure_consumer()
 
         async def in_thread() -> dict[tuple[str, int], int | None]:
             return {tp: await aio.committed(TopicPartition(*tp)) for tp in tps}
 
-        return await thread.call_thread(in_thread)
+        return await consumer_thread.call_thread(in_thread)
 
     guard = OffsetGuard(input_topic, fetch, membership)
-    original = consumer._commit
 
     async def crash(exc: BrokerLostOffsets) -> None:
         log.critical("%s", exc)
         await app.crash(exc)
 
-    async def commit(offsets: Mapping[Any, int]) -> bool:
-        try:
-            return await guard.guarded_commit(offsets, lambda: original(offsets))
-        except BrokerLostOffsets as exc:
-            await crash(exc)
-            return False
+    def guard_commits(consumer: Any) -> None:
+        original = consumer._commit
+
+        async def commit(offsets: Mapping[Any, int]) -> bool:
+            try:
+                return await guard.guarded_commit(offsets, lambda: original(offsets))
+            except BrokerLostOffsets as exc:
+                await crash(exc)
+                return False
+
+        # Faust's only commit path without transactions: _commit_offsets flushes the
+        # producer, then calls _commit (the OffsetCommit).
+        consumer._commit = commit
+        consumer.__dict__[_GUARDED] = True
 
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        consumer = app.consumer
+        if not consumer.__dict__.get(_GUARDED):
+            guard_commits(consumer)
         try:
             guard.check_membership()
         except BrokerLostOffsets as exc:
             await crash(exc)
 
-    # Faust's only commit path without transactions: _commit_offsets flushes the producer,
-    # then calls _commit (the OffsetCommit).
-    consumer._commit = commit
     app.on_partitions_assigned.connect(on_assigned)
     return guard
