@@ -48,6 +48,7 @@ faust_fixes.install_recovery_seek_fix()
 faust_fixes.install_fetch_max_wait(settings.fetch_max_wait_ms)
 faust_fixes.install_fetch_hole_rewind()
 faust_fixes.install_full_producer_flush()  # table writes sent before offsets are committed
+faust_fixes.install_chunk_transport()
 
 
 app = faust.App(settings.app_id, **faust_config(settings))
@@ -84,6 +85,10 @@ def _table(name: str, partitions: int = settings.partitions) -> RawKeyTable:
 interactions = _raw_topic(settings.input_topic)
 rate_updates = _raw_topic(settings.topic(RATE_UPDATES))
 chains = _raw_topic(settings.topic(CHAINS), partitions=1)  # global layer: one place
+# Each agent gets whole fetched partition chunks, not one event per record (Faust's per-record
+# path costs ~80 us each; docs/operations.md, "The chunk transport").
+faust_fixes.chunk_topics(app, [settings.input_topic, settings.topic(RATE_UPDATES),
+                               settings.topic(CHAINS)], settings.batch_size)
 
 stats = EngineStats()
 personal = PersonalRewrites(settings, _table("personal-rewrites"), stats)
@@ -92,9 +97,8 @@ rates = RateProcessor(settings, _table("defect-rates"), stats)
 global_rewrites = GlobalRewriteProcessor(settings, _table("global-rewrites", 1), stats)
 
 
-def _messages(events: list[faust.EventT]) -> list[Message]:
-    return [Message(e.message.key, e.message.value, e.message.partition, e.message.offset,
-                    e.message.topic) for e in events]
+def _messages(chunk: faust_fixes.ChunkMessage) -> list[Message]:
+    return [Message(r.key, r.value, r.partition, r.offset, r.topic) for r in chunk.records]
 
 
 metrics = PipelineMetrics(top_k=settings.top_k)
@@ -108,31 +112,31 @@ _in_flight: dict[int, asyncio.Lock] = {}
 them before the processors drop their in-memory state (the batch's changes until commit)."""
 
 
-def observe_latencies(processor: BatchProcessor, batch: list[faust.EventT]) -> None:
+def observe_latencies(processor: BatchProcessor, chunk: faust_fixes.ChunkMessage) -> None:
     """Processing latency per input record (received -> outputs acknowledged, wall clock) and,
     for stage 1, event-time lag per signal record (see ``topologies.metrics``)."""
     now = time.monotonic()
-    # Faust's Monitor stamps each message with time.monotonic() when the consumer receives it.
-    metrics.observe_processing_latency(
-        (e.message.time_in if e.message.time_in is not None else now for e in batch), now)
+    # Faust's Monitor stamps each message (here: the chunk) with time.monotonic() when the
+    # consumer receives it; every record of the chunk arrived in the same fetch.
+    received = chunk.time_in if chunk.time_in is not None else now
+    metrics.observe_processing_latency((received for _ in chunk.records), now)
     if processor is devices:
         metrics.observe_event_time_lag(devices.event_time_lags_ms)
 
 
 async def _run(stream: faust.StreamT, processor: BatchProcessor) -> None:
     try:
-        async for batch in stream.take_events(settings.batch_size,
-                                              within=settings.batch_within_s):
+        async for chunk in faust_fixes.chunks(stream):
             started = time.perf_counter()
             async with _in_flight.setdefault(id(processor), asyncio.Lock()):
-                outputs = processor.process(_messages(batch))
+                outputs = processor.process(_messages(chunk))
                 await publisher.publish(outputs)
                 # State after outputs: Faust flushes these changelog writes before it commits
                 # the batch's offsets, so state, outputs and offsets never disagree in a way
                 # that loses records (see docs/operations.md, "Guarantees in detail").
                 processor.commit()
-            metrics.observe_batch(len(batch), time.perf_counter() - started)
-            observe_latencies(processor, batch)
+            metrics.observe_batch(len(chunk.records), time.perf_counter() - started)
+            observe_latencies(processor, chunk)
             metrics.sync_stats(stats)
     except asyncio.CancelledError:
         raise

@@ -14,7 +14,7 @@ from topologies.settings import KafkaSettings
 
 def faust_config(s: KafkaSettings) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "broker": "kafka://" + (s.bootstrap_servers or "127.0.0.1:9092"),
+        "broker": f"{faust_fixes.CHUNK_SCHEME}://" + (s.bootstrap_servers or "127.0.0.1:9092"),
         "store": "memory://",
         "topic_partitions": s.partitions,
         "topic_replication_factor": 1,

@@ -31,7 +31,7 @@ class KafkaSettings(Settings):
     state_dir: str = "/tmp/feedback-stream"
     session_timeout_s: float = 6.0
     batch_size: int = 2_000
-    batch_within_s: float = 0.05
+    """Max input records per chunk an agent processes at once (a fetch is cut into chunks)."""
     fetch_max_wait_ms: int = 100
     """How long the broker may hold a fetch that finds no data (Faust hard-codes 1500)."""
     progress_log_s: float = 30.0
