@@ -17,8 +17,8 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
   past them after a rebalance) are fetched again instead of committed over as a gap, also at
   the end of a partition, where no later fetch shows the hole (``rewind_stranded``).
 - ``chunk_transport``: Faust hands agents one event per record (~80 us each); the ``chunks://``
-  transport hands them one per fetched partition chunk, offsets committed exactly (not the
-  worker's transport yet, see docs/operations.md).
+  transport hands them one per fetched partition chunk, offsets committed exactly (the
+  worker's transport, see docs/operations.md).
 - ``producer_flush``: Faust's producer flush before an offset commit returns early under
   load (0.1 s per message), so offsets were committed ahead of the table writes: wait for all.
 - ``consumer_internals``: the only reads of Faust's private per-partition consumer offsets.

@@ -16,7 +16,7 @@ batch timer adds latency). Topics not registered with :func:`chunk_topics` (chan
 anything else) keep Faust's per-record path unchanged.
 
 How the offsets stay exact (tests/test_chunk_transport.py; tests/test_faust_fixes.py restarts
-an app on it mid-stream; not yet the worker's transport, see docs/operations.md):
+an app on it mid-stream; the worker's fault tests run on it, see docs/operations.md):
 
 - A chunk's offsets become committable only when the agent finished it: :func:`chunks` marks
   the chunk done when the agent asks for the next one, and the acknowledgement then adds every
