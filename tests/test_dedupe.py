@@ -130,10 +130,17 @@ def end_of_input(engine: FeedbackEngine, out: Records) -> Replayed:
     return out, engine
 
 
+def replay(lines: list[bytes]) -> Replayed:
+    """The replay's records per stream, and its engine (for the counters)."""
+    engine, out = FeedbackEngine(), {name: [] for name in OUTPUT_STREAMS}
+    deliver(engine, lines, out)
+    return end_of_input(engine, out)
+
+
 def delivered_once_and_twice(lines: list[bytes]) -> tuple[Replayed, Replayed]:
-    """The replay of ``lines`` and of ``lines + lines``: its records per stream and its engine
-    (for the counters). The second delivery goes on from a copy of the first's engine and
-    records before the end of input (the first delivery runs once)."""
+    """``replay`` of ``lines`` and of ``lines + lines``. The second delivery goes on from a copy
+    of the first's engine and records before the end of input (the first delivery runs
+    once)."""
     engine, out = FeedbackEngine(), {name: [] for name in OUTPUT_STREAMS}
     deliver(engine, lines, out)
     engine2, out2 = pickle.loads(pickle.dumps((engine, out), protocol=pickle.HIGHEST_PROTOCOL))
