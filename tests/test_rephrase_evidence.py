@@ -146,3 +146,19 @@ def test_a_rare_request_misunderstood_is_linked_by_what_its_words_mean():
     for _ in range(3):
         ev.count("", "fahrenheit forecast", "weather", False, True)
     assert ev.decide(a, b, "measurement_conversion", False, look, a_intent="weather") == 0.0
+
+
+def test_a_warm_model_links_after_a_quiet_request_only_on_evidence_about_the_pair():
+    from stream.pair_model import FEATURES, HindsightModel
+    from stream.pairs import PairEvidence
+
+    ev = PairEvidence(learn=True)
+    ev.model = HindsightModel.from_row([300, 3.0, *[0.0] * len(FEATURES)])  # warm, says yes
+    a, b = "set a reminder to pay my taxes", "who is your designer"
+    look = [0.0, 2.0, 0.0]
+    # Nothing but its look (every follow-up looks like this): not after a quiet request ...
+    assert ev.decide(a, b, "who_made_you", False, look) == 0.0
+    # ... after a visible failure, the model decides.
+    assert ev.decide(a, b, "who_made_you", True, look) > 0.9
+    ev.count(a, b, "who_made_you", False, True)  # the pair was seen before
+    assert ev.decide(a, b, "who_made_you", False, look) > 0.9
