@@ -296,7 +296,9 @@ class Rephrase(Detector):
         if (p >= self.scorer.threshold or turn.pair_prev != orig.norm or turn.pair_x is None
                 or turn.ts - (orig.tts_end_ts or orig.ts) > REACTION_MS):
             return p
-        if same_request(orig, turn) and not turn.pair_x[2]:
+        if same_request(orig, turn) and (not turn.pair_x[2] or orig.slots):
+            # A word swap is a new value in the same frame ("add milk" -> "add eggs") unless
+            # NLU found the same slot values in both: then the swapped words were not one.
             return self.scorer.threshold
         if ctx.evidence is None:
             return p

@@ -15,17 +15,18 @@ T0 = 1_700_000_000_000
 
 
 def rephrases(second: dict, gap_ms: int = 4_000, intent: str = "alarm",
-              slots: dict | None = None) -> list[tuple[str, str]]:
+              slots: dict | None = None,
+              first: str = "wake me up at seven") -> list[tuple[str, str]]:
     """(event_id, rephrase_of) after a confident, uninterrupted first request."""
     stage = DeviceStage()
-    first = Turn("e1", "d1", T0, "wake me up at seven", "wake me up at seven",
+    first_turn = Turn("e1", "d1", T0, first, first,
                  asr_confidence=0.95, intent=intent, nlu_confidence=0.9,
                  slots=slots if slots is not None else {"time": "07:00"}, response="OK.",
                  tts_start_ts=T0 + 800, tts_end_ts=T0 + 2_500)
     text = second.pop("text", "set an alarm for 7 am")
     later = Turn("e2", "d1", T0 + 2_500 + gap_ms, text, text, asr_confidence=0.95,
                  nlu_confidence=0.9, response="OK.", **second)
-    out = stage.on_turn(first).outputs + stage.on_turn(later).outputs + stage.flush()
+    out = stage.on_turn(first_turn).outputs + stage.on_turn(later).outputs + stage.flush()
     return [(o.record["event_id"], o.record["rephrase_of"]) for o in out
             if o.stream == "rephrases"]
 
@@ -41,6 +42,17 @@ def test_same_intent_and_slots_in_other_words_is_a_rephrase():
 ])
 def test_other_intent_or_slots_is_not(second):
     assert rephrases(second) == []
+
+
+def test_a_word_swap_with_the_same_slot_values_is_not_a_new_value():
+    # "order" -> "book": a swap of content words in the same frame, but NLU found the same
+    # request in both (the lexical scorer alone would not link it).
+    second = {"text": "book an uber to the zoo", "intent": "uber", "slots": {"to": "zoo"}}
+    assert rephrases({**second}, intent="uber", slots={"to": "zoo"},
+                     first="order an uber to the zoo") == [("e2", "e1")]
+    # Without slot values to compare, the swap may be a new value NLU does not fill.
+    assert rephrases({**second, "slots": None}, intent="uber", slots={},
+                     first="order an uber to the zoo") == []
 
 
 def test_not_after_listening_for_a_while():
