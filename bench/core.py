@@ -76,6 +76,7 @@ def engine_run(lines: list[bytes], progress: Progress | None = None,
     instance (benchmark only), which adds about 1-2 us per event.
     """
     from stream.engine import FeedbackEngine
+    from stream.replay import fewer_collections
 
     engine = FeedbackEngine()
     counts: Counter[str] = Counter()
@@ -106,13 +107,15 @@ def engine_run(lines: list[bytes], progress: Progress | None = None,
         for out in engine.flush():
             counts[out.stream] += 1
 
-    # As ``feedback-stream replay`` does after start-up; here it also keeps the benchmark's own
-    # objects (the generated stream's ground truth, a dict per event) out of the collections
-    # the engine's allocations trigger.
+    # As ``feedback-stream replay`` does after start-up (freeze, then young collections every
+    # ``fewer_collections`` allocations); the freeze also keeps the benchmark's own objects
+    # (the generated stream's ground truth, a dict per event) out of the collections the
+    # engine's allocations trigger.
     gc.collect()
     gc.freeze()
     try:
-        timing, _ = timed(run)
+        with fewer_collections():
+            timing, _ = timed(run)
     finally:
         gc.unfreeze()
     if progress is not None:
