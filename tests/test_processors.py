@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 from collections import Counter
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -403,9 +404,11 @@ def test_merged_records_are_capped_and_keep_order(monkeypatch):
             for c in expand_chains(o.record)] == ["c0", "c1", "c2", "c3"]
 
 
+@cache
 def idle_gap_lines(events: int = 3_000) -> list[bytes]:
     """A sparse stream: 400 devices with hours between their sessions, explicit feedback up
-    to 5 minutes after a response, no final watermark (the stream just stops)."""
+    to 5 minutes after a response, no final watermark (the stream just stops). Only read:
+    generated once per run (three test modules replay it)."""
     from stream.datasets.synth import generate
 
     return [line for line, _ in generate(events, 400, seed=21, session_gap_ms=4 * 3_600_000,
