@@ -180,6 +180,13 @@ class PairEvidence:
             return None
         return row[2], row[3] / row[1]
 
+    def _meant(self, u: str) -> bool:
+        """``u`` has a meaning of its own: ``MEANING_SHARE`` of at least
+        ``word_meaning.MIN_PLAYS`` fine plays (as many as a word needs)."""
+        meaning, row = self.meaning(u), self.meanings.get(u)
+        return (meaning is not None and meaning[1] >= MEANING_SHARE and row is not None
+                and row[1] >= word_meaning.MIN_PLAYS)
+
     def failure_profile(self, u: str) -> tuple[str, float] | None:
         """(the failure point that the failures of ``u`` decided in hindsight mostly had, its
         share), or None: a phrasing that fails tends to fail in the same place."""
@@ -200,7 +207,7 @@ class PairEvidence:
         - or the pair itself recurred (``recurs``);
         - or ``a``'s words mean the intent ``b`` got and (almost) never the one ``a`` got
           (``stream.word_meaning.restates``: a misunderstood phrasing too rare to have a
-          meaning of its own);
+          meaning of its own, ``_meant``);
         - or ``a`` visibly failed now, ``b`` came within ``QUICK_S`` of its response
           (``reaction_s``) and the intent ``b`` got follows failures of ``a`` clearly more often
           than requests follow failures (``QUICK_LIFT``): "i need alarmz set for 6am" (misheard,
@@ -215,7 +222,7 @@ class PairEvidence:
             return 0.6
         if self.recurs(a, b):
             return 0.55
-        if (meaning is None or meaning[1] < MEANING_SHARE) and word_meaning.restates(
+        if not self._meant(a) and word_meaning.restates(
                 map(self.words.get, word_meaning.words(a)), a_intent, b_intent):
             return 0.55
         if (a_failed and b_intent and reaction_s is not None and reaction_s <= QUICK_S

@@ -151,6 +151,11 @@ def test_a_rare_request_misunderstood_is_linked_by_what_its_words_mean():
     # It got an intent its words never come with, confidently, and then the next request
     # got the one they do mean: a restatement.
     assert ev.decide(a, b, "measurement_conversion", False, look, a_intent="directions") == 0.55
+    # One play that went without a visible failure (a quiet wrong answer) is no meaning yet:
+    # the words still decide.
+    ev.count("", a, "smart_home", False, True)
+    assert ev.meaning(a) == ("smart_home", 1.0)
+    assert ev.decide(a, b, "measurement_conversion", False, look, a_intent="directions") == 0.55
     # It got what its words mean; the next request is something else: a follow-up.
     assert ev.decide(a, "what time is it", "time", False, look,
                      a_intent="measurement_conversion") == 0.0
