@@ -5,7 +5,8 @@ app whose agent counts events per device in a Table and echoes every event to an
 The test kills it (SIGTERM) after about half the events, starts a second worker, produces the
 rest, then checks the echo (each event exactly once) and the table's changelog (exact counts).
 Set FEEDBACK_STREAM_TEST_NO_FIX=1 to run the workers without the issue-596 patch, or
-FEEDBACK_STREAM_TEST_NORMAL_BATCHES=1 without one-record produce batches (both then fail).
+FEEDBACK_STREAM_TEST_NO_HIGHWATER_FIX=1 without the Fetch-checked recovery highwaters (with
+multi-record changelog batches the restored counts then come out short on tansu).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from topologies.faust_fixes import (  # noqa: E402
     install_fetch_hole_rewind,
     install_fetch_max_wait,
     install_full_producer_flush,
+    install_recovery_highwaters,
     install_recovery_seek_fix,
     recovery_seek_fix_installed,
     rewind_stranded,
@@ -60,8 +62,8 @@ def build_app(cfg: dict[str, Any]) -> Any:
     import faust
 
     settings = broker_settings_for_tansu()
-    if os.environ.get("FEEDBACK_STREAM_TEST_NORMAL_BATCHES"):  # to measure what it is for
-        del settings["producer_max_batch_size"]
+    if not os.environ.get("FEEDBACK_STREAM_TEST_NO_HIGHWATER_FIX"):  # to measure what it is for
+        install_recovery_highwaters()
     # The chunk transport with the fetch-hole rewinds and the full producer flush: what the
     # worker runs once it switches (docs/operations.md, "The chunk transport").
     install_chunk_transport()
@@ -252,12 +254,12 @@ def restart_round(bootstrap: str, tmp: Path, label: str) -> dict[str, Any]:
 def test_settings_for_tansu() -> None:
     settings = broker_settings_for_tansu()
     assert settings == {"broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0,
-                        "broker_rebalance_timeout": 6.0, "producer_max_batch_size": 1}
+                        "broker_rebalance_timeout": 6.0}
     import faust
 
     app = faust.App(f"settings-{uuid.uuid4().hex[:6]}", broker="kafka://127.0.0.1:1",
                     **settings)
-    assert app.conf.broker_session_timeout == 6.0 and app.conf.producer_max_batch_size == 1
+    assert app.conf.broker_session_timeout == 6.0 and app.conf.broker_heartbeat_interval == 1.0
 
 
 def test_recovery_fix_is_idempotent_and_seeks_before_resuming() -> None:
@@ -421,3 +423,49 @@ def test_producer_flush_waits_for_every_buffered_message():
     finally:
         uninstall_full_producer_flush()
     assert asyncio.run(flush_slow_sends()) != (4, 0)  # Faust's own flush gives up early
+
+
+@pytest.mark.kafka
+def test_recovery_highwaters_are_the_real_end_of_multi_record_batches(broker: Any) -> None:
+    """Three produce batches of 10 records in each of two partitions: the highwaters table
+    recovery reads up to are 30 (tansu's ListOffsets answers 21, the first offset of the
+    last batch + 1: recovery would stop 9 records short)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from topologies.faust_fixes.recovery_highwaters import _highwaters
+    from topologies.kafka_io import create_topics
+
+    topic = f"hw-{uuid.uuid4().hex[:8]}"
+    create_topics(broker.bootstrap, {topic: 2})
+    tps = [TopicPartition(topic, p) for p in range(2)]
+
+    async def scenario() -> tuple[dict[Any, int], dict[Any, int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            for _ in range(3):
+                for tp in tps:
+                    batch = producer.create_batch()
+                    for i in range(10):
+                        batch.append(key=None, value=b"v%d" % i, timestamp=None)
+                    await (await producer.send_batch(batch, topic, partition=tp.partition))
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+        await consumer.start()
+        try:
+            thread = SimpleNamespace(_ensure_consumer=lambda: consumer,
+                                     consumer=SimpleNamespace(in_transaction=False))
+            assert AIOKafkaConsumerThread._highwaters is not None
+            latest = dict(await consumer.end_offsets(tps))
+            return latest, dict(await _highwaters(thread, tps))
+        finally:
+            await consumer.stop()
+
+    latest, highwaters = asyncio.run(scenario())
+    print(f"ListOffsets latest {latest}, recovery highwaters {highwaters}")
+    assert highwaters == {tp: 30 for tp in tps}
+    assert all(latest[tp] <= 30 for tp in tps)

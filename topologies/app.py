@@ -45,6 +45,7 @@ from topologies.types import BatchProcessor, Message
 log = logging.getLogger(__name__)
 settings = KafkaSettings.from_env()
 faust_fixes.install_recovery_seek_fix()
+faust_fixes.install_recovery_highwaters()  # changelogs in normal batches (tansu "latest")
 faust_fixes.install_fetch_max_wait(settings.fetch_max_wait_ms)
 faust_fixes.install_fetch_hole_rewind()
 faust_fixes.install_full_producer_flush()  # table writes sent before offsets are committed

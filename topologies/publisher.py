@@ -1,8 +1,7 @@
 """Output records go through a dedicated aiokafka producer with normal batching.
 
-Faust's own producer must write one record per batch on tansu (see ``faust_fixes``): fine for
-the changelog (one write per changed key per batch) but it would make every output record its
-own produce request. Agents ``await publish(...)`` at the end of each batch, before Faust acks
+Faust's own producer hands its buffer to aiokafka one message at a time (fine for the
+changelog: one write per changed key per batch); outputs are sent here in bulk. Agents ``await publish(...)`` at the end of each batch, before Faust acks
 the batch's input events, so an input's offset is committed only after its outputs are in
 Kafka: at-least-once, with idempotent keys.
 """

@@ -5,8 +5,9 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
 
 - ``recovery_seek``: Faust resumes partitions before seeking them after table recovery
   (faust-streaming issue 596): seek first; seek uncommitted partitions to the earliest.
-- ``tansu_settings``: app settings the embedded broker needs (short sessions, one record per
-  produce batch because of its wrong "latest offset" answers).
+- ``tansu_settings``: app settings the embedded broker needs (short sessions).
+- ``recovery_highwaters``: table recovery reads each changelog to the end a Fetch reports
+  (the embedded broker's "latest offset" answer stops short with multi-record batches).
 - ``fetch_max_wait``: Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer.
 - ``startup_logging``: Faust's worker leaves the root logger at DEBUG after start-up.
 - ``broker_offsets``: crash instead of committing input offsets to a broker that lost the
@@ -51,6 +52,11 @@ from topologies.faust_fixes.producer_flush import (
     install_full_producer_flush,
     uninstall_full_producer_flush,
 )
+from topologies.faust_fixes.recovery_highwaters import (
+    fetch_high_watermarks,
+    install_recovery_highwaters,
+    uninstall_recovery_highwaters,
+)
 from topologies.faust_fixes.recovery_seek import (
     install_recovery_seek_fix,
     recovery_seek_fix_installed,
@@ -68,6 +74,7 @@ __all__ = [
     "chunk_topics",
     "chunks",
     "committed_offsets",
+    "fetch_high_watermarks",
     "flow_state",
     "install_backpressure_metrics",
     "install_chunk_transport",
@@ -75,12 +82,14 @@ __all__ = [
     "install_fetch_max_wait",
     "install_full_producer_flush",
     "install_offset_guard",
+    "install_recovery_highwaters",
     "install_recovery_seek_fix",
     "read_offset",
     "stream_queues",
     "recovery_seek_fix_installed",
     "stop_debug_logging_after_startup",
     "uninstall_full_producer_flush",
+    "uninstall_recovery_highwaters",
     "uninstall_recovery_seek_fix",
     "rewind_stranded",
 ]

@@ -1,10 +1,9 @@
 """Faust's changelog back-pressure as metrics instead of a warning per wait.
 
 Cause of the ``producer buffer full size N`` warnings (37-48 per 4k-event run, hundreds on
-larger streams): table writes (changelog records) go through Faust's own producer, which on
-the embedded broker sends one record per request (``producer_max_batch_size=1``, see
-``faust_fixes``: tansu's wrong latest-offset answer would otherwise stop table recovery
-early). Each batch writes one changelog record per changed device session, estimate and
+larger streams): table writes (changelog records) go through Faust's own producer buffer,
+which hands them to aiokafka one at a time (until 2026-12-03 each was also a produce request
+of its own on the embedded broker: ``recovery_highwaters``). Each batch writes one changelog record per changed device session, estimate and
 personal miner, often a few hundred, while Faust's producer buffer holds 100. Faust's
 conductor then waits, before it hands the agents more events, until the buffer has drained
 to 100 again, and logs a WARNING and an INFO line each time. That wait is the intended

@@ -6,8 +6,8 @@ after ``await app.producer.flush()``, meant to send every buffered changelog rec
 But ``ProducerBuffer.flush`` waits for each message with a 0.1 s timeout and *returns* on the
 first timeout, buffer not empty; and the message its background task has taken from the queue
 (waiting for aiokafka to accept it) is not counted at all. Table writes on the embedded broker
-go out one record per request (``tansu_settings``), so under CPU load a send takes longer than
-0.1 s and the flush gives up early. Measured on tansu (SIGKILL test, worker on the chunk
+went out one record per request then (``recovery_highwaters``), so under CPU load a send took
+longer than 0.1 s and the flush gave up early. Measured on tansu (SIGKILL test, worker on the chunk
 transport, load 4-6): in 2 of 6 runs the worker that took over found the changelogs of input
 partitions empty (recovery highwater -1) whose input offsets had been committed: it
 continued without those devices' histories, and 13 rephrases and 39 defects were never
