@@ -1,14 +1,14 @@
 """Faust's changelog back-pressure as metrics instead of a warning per wait.
 
 Cause of the ``producer buffer full size N`` warnings (37-48 per 4k-event run, hundreds on
-larger streams): table writes (changelog records) go through Faust's own producer buffer,
-which hands them to aiokafka one at a time (until 2026-12-03 each was also a produce request
-of its own on the embedded broker: ``recovery_highwaters``). Each batch writes one changelog record per changed device session, estimate and
-personal miner, often a few hundred, while Faust's producer buffer holds 100. Faust's
-conductor then waits, before it hands the agents more events, until the buffer has drained
-to 100 again, and logs a WARNING and an INFO line each time. That wait is the intended
-back-pressure (the changelog must keep up, and Faust flushes it before committing offsets),
-not a fault.
+larger streams): table writes (changelog records) go through Faust's own producer buffer, which
+hands them to aiokafka one at a time (until 2026-12-03 each was also a produce request of its
+own on the embedded broker: ``recovery_highwaters``). Each batch writes one changelog record
+per changed device session, estimate and personal miner, often a few hundred, while Faust's
+producer buffer holds 100. Faust's conductor then waits, before it hands the agents more
+events, until the buffer has drained to 100 again, and logs a WARNING and an INFO line each
+time. That wait is the intended back-pressure (the changelog must keep up, and Faust flushes it
+before committing offsets), not a fault.
 
 So the wait stays; what changes is how it is reported: the same wait (Faust's code, without
 the two log lines) counted in ``feedback_stream_changelog_backpressure_waits_total`` and
