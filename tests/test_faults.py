@@ -11,7 +11,6 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from topologies.runner import (
     PipelineError,
     WorkerProcess,
     collect_outputs,
+    counts_to_collect,
     demo_settings,
     plays_counted,
     prepare_topics,
@@ -82,7 +82,7 @@ def collect_or_name_missing(settings: KafkaSettings, expected: dict[str, list[di
                             timeout_s: float, worker: WorkerProcess) -> dict[str, list[dict]]:
     """``collect_outputs`` for the replay's ``expected`` records; when it gives up, the error
     names the missing records (a count alone does not say which event or partition lost them)."""
-    expected_n = Counter({name: len(recs) for name, recs in expected.items()})
+    expected_n = counts_to_collect(expected)
     try:
         return collect_outputs(settings, expected_n, timeout_s=timeout_s, worker=worker)
     except PipelineError as exc:

@@ -25,7 +25,13 @@ from tests.test_fuzz import Accountant, corpus, raw_back
 from tests.test_kafka_pipeline import canonical
 from tests.waits import scrape, wait_until
 from topologies.kafka_io import produce_file, read_topic
-from topologies.runner import WorkerProcess, collect_outputs, demo_settings, prepare_topics
+from topologies.runner import (
+    WorkerProcess,
+    collect_outputs,
+    counts_to_collect,
+    demo_settings,
+    prepare_topics,
+)
 
 # ------------------------------------------------------------------------------------------------
 # (3) a long mixed stream: in-process engine and a real Faust worker
@@ -110,7 +116,7 @@ def test_mixed_stream_through_a_faust_worker(broker, mixed):
     s = demo_settings(broker.bootstrap, app_id=f"fs-{uid}", input_topic=f"interactions-{uid}",
                       topic_prefix=f"{uid}.")
     prepare_topics(s)
-    expected_n = Counter({name: len(recs) for name, recs in mixed["records"].items()})
+    expected_n = counts_to_collect(mixed["records"])
     with WorkerProcess(s) as worker:
         produced = produce_file(lines, broker.bootstrap, s.input_topic, progress=False)
         messages = produced.messages

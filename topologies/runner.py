@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,26 +151,29 @@ def expected_run(path: str | Path,
                  settings: KafkaSettings) -> tuple[Counter[str], FeedbackEngine]:
     """``expected_counts`` and the engine that made them (its stats count dead letters)."""
     engine = FeedbackEngine(settings)
-    counts: Counter[str] = Counter()
-    triggers: set[tuple[str, str | None, str]] = set()
-    estimates: list[dict[str, Any]] = []
+    records: dict[str, list[dict[str, Any]]] = {}
 
-    def count(outputs: list[Output]) -> None:
+    def collect(outputs: list[Output]) -> None:
         for o in outputs:
-            if o.stream == REWRITE_TRIGGERS:
-                triggers.add(trigger_key(o.record))
-            elif o.stream == DEFECT_RATES:
-                estimates.append(o.record)
-            else:
-                counts[o.stream] += 1
+            records.setdefault(o.stream, []).append(o.record)
 
     with open(path, "rb") as f:
         for number, line in iter_lines(f):
-            count(engine.process(line, {"line": number}))
-    count(engine.flush())
-    counts[REWRITE_TRIGGERS] = len(triggers)
-    counts[DEFECT_RATES] = plays_counted(estimates)
-    return counts, engine
+            collect(engine.process(line, {"line": number}))
+    collect(engine.flush())
+    return counts_to_collect(records), engine
+
+
+def counts_to_collect(records: Mapping[str, list[dict[str, Any]]]) -> Counter[str]:
+    """What ``collect_outputs`` waits for, given the in-process engine's ``records`` per
+    stream: the number of records, except ``rewrite-triggers`` (the (layer, device, utterance)
+    decided about) and ``defect-rates`` (the plays of the last estimate per key), see
+    ``expected_counts``. (The number of ``defect-rates`` records is no count to wait for: it
+    is far below the plays, so a reader would stop while estimates are still coming.)"""
+    counts: Counter[str] = Counter({name: len(recs) for name, recs in records.items()})
+    counts[REWRITE_TRIGGERS] = len({trigger_key(r) for r in records.get(REWRITE_TRIGGERS, [])})
+    counts[DEFECT_RATES] = plays_counted(records.get(DEFECT_RATES, []))
+    return counts
 
 
 def collect_outputs(settings: KafkaSettings, expected: Counter[str], timeout_s: float = 120.0,
