@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:  # when run as the worker script
 
 from topologies.faust_fixes import (  # noqa: E402
     CHUNK_SCHEME,
+    batch_changelog,
     broker_settings_for_tansu,
     chunk_topics,
     chunks,
@@ -42,6 +43,7 @@ from topologies.faust_fixes import (  # noqa: E402
     install_full_producer_flush,
     install_recovery_highwaters,
     install_recovery_seek_fix,
+    queue_one_chunk,
     recovery_seek_fix_installed,
     rewind_stranded,
     stop_debug_logging_after_startup,
@@ -64,8 +66,9 @@ def build_app(cfg: dict[str, Any]) -> Any:
     settings = broker_settings_for_tansu()
     if not os.environ.get("FEEDBACK_STREAM_TEST_NO_HIGHWATER_FIX"):  # to measure what it is for
         install_recovery_highwaters()
-    # The chunk transport with the fetch-hole rewinds and the full producer flush: what the
-    # worker runs once it switches (docs/operations.md, "The chunk transport").
+    # The chunk transport with the fetch-hole rewinds, the full producer flush, one queued
+    # chunk and the table written a chunk at a time: what the worker runs (docs/operations.md,
+    # "The chunk transport").
     install_chunk_transport()
     install_fetch_hole_rewind()
     install_full_producer_flush()
@@ -75,9 +78,11 @@ def build_app(cfg: dict[str, Any]) -> Any:
         datadir=cfg["datadir"], web_port=cfg["web_port"], web_bind="127.0.0.1",
         web_host="127.0.0.1", topic_partitions=PARTITIONS, producer_linger=0.005, **settings)
     source = app.topic(cfg["input"], key_serializer="raw", value_serializer="raw")
+    queue_one_chunk(source)
     echo = app.topic(cfg["output"], key_serializer="raw", value_serializer="raw")
     counts = app.Table("counts", default=int, key_type=str, value_type=int,
                        partitions=PARTITIONS)
+    writes = batch_changelog(counts)
 
     @app.timer(interval=5.0)
     async def rewind() -> None:
@@ -91,6 +96,7 @@ def build_app(cfg: dict[str, Any]) -> Any:
             for record in chunk.records:
                 counts[record.key.decode()] += 1
                 await echo.send(key=record.key, value=record.value)
+            await writes.send()  # acknowledged before the chunk's offsets can commit
 
     return app
 
@@ -467,3 +473,81 @@ def test_recovery_highwaters_are_the_real_end_of_multi_record_batches(broker: An
     print(f"ListOffsets latest {latest}, recovery highwaters {highwaters}")
     assert highwaters == {tp: 30 for tp in tps}
     assert all(latest[tp] <= 30 for tp in tps)
+
+
+def test_changelog_batch_sends_a_tables_writes_together_in_order():
+    """A table made with ``batch_changelog`` keeps its writes (no producer buffer) until
+    ``send``: then one producer batch per partition (another when one is full), in write order
+    within each partition, the store told the last offset of each, and a failed batch raises."""
+    import asyncio
+
+    import faust
+
+    class Builder:  # aiokafka's BatchBuilder, holding at most two records
+        def __init__(self) -> None:
+            self.records: list[tuple[bytes, bytes | None]] = []
+
+        def append(self, *, timestamp: Any, key: bytes, value: bytes | None) -> Any:
+            if len(self.records) == 2:
+                return None
+            self.records.append((key, value))
+            return object()
+
+        def record_count(self) -> int:
+            return len(self.records)
+
+    class Producer:  # Faust's producer and the aiokafka one behind it
+        def __init__(self) -> None:
+            self.batches: list[tuple[int, list[tuple[bytes, bytes | None]]]] = []
+            self.end: dict[int, int] = {}
+            self.fail = False
+
+        def key_partition(self, topic: str, key: bytes) -> Any:
+            return SimpleNamespace(partition=int(key[-1:]) % 2)
+
+        def _ensure_producer(self) -> Any:
+            return self
+
+        def create_batch(self) -> Builder:
+            return Builder()
+
+        async def send_batch(self, builder: Builder, topic: str, *, partition: int) -> Any:
+            base = self.end.get(partition, 0)
+            self.end[partition] = base + builder.record_count()
+            self.batches.append((partition, builder.records))
+            acked = asyncio.get_running_loop().create_future()
+            if self.fail:
+                acked.set_exception(RuntimeError("broker said no"))
+            else:
+                acked.set_result(SimpleNamespace(offset=base))
+            return acked
+
+    async def run() -> tuple[Any, ...]:
+        app = faust.App(f"t-batch-{uuid.uuid4().hex[:6]}", broker="kafka://127.0.0.1:1",
+                        store="memory://")
+        table = app.Table("t", default=None, partitions=2, use_partitioner=True,
+                          key_type=bytes, value_type=bytes)
+        producer = Producer()
+        app._producer = producer  # Faust's send_soon would fail on it: nothing goes there
+        writes = batch_changelog(table)
+        persisted: dict[int, int] = {}
+        table.data.set_persisted_offset = lambda tp, offset: persisted.update(
+            {tp.partition: offset})
+        for i in range(5):
+            table[f"k{i}".encode()] = f"v{i}".encode()
+        del table[b"k0"]
+        held = (len(writes.pending), list(producer.batches))
+        sent = await writes.send()
+        batches = list(producer.batches)
+        table[b"k9"] = b"v9"
+        producer.fail = True
+        with pytest.raises(RuntimeError, match="broker said no"):
+            await writes.send()
+        return held, sent, batches, persisted, writes.sent, table[b"k2"]
+
+    held, sent, batches, persisted, total, value = asyncio.run(run())
+    assert held == (6, [])
+    assert sent == 6 and total == 6 and value == b"v2"
+    assert batches == [(0, [(b"k0", b"v0"), (b"k2", b"v2")]), (0, [(b"k4", b"v4"), (b"k0", None)]),
+                       (1, [(b"k1", b"v1"), (b"k3", b"v3")])]
+    assert persisted == {0: 3, 1: 1}

@@ -9,7 +9,8 @@ Topology (all names configurable, see ``topologies.settings``):
 State: table ``device-state`` (device_id -> session JSON) and table ``defect-rates``
 (key_type:key -> counts), both changelog-backed and co-partitioned with their input topics
 through Kafka's default key partitioner (``use_partitioner=True``), written once per changed key
-per batch.
+per batch; each chunk's table writes are sent together and acknowledged before the agent takes
+the next chunk (``faust_fixes.changelog_batches``).
 """
 
 from __future__ import annotations
@@ -71,16 +72,22 @@ def _check_broker(sender: Any, **kwargs: Any) -> None:
 
 
 def _raw_topic(name: str, partitions: int = settings.partitions) -> faust.TopicT:
-    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                     value_serializer="raw", partitions=partitions)
+    topic = app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw", partitions=partitions)
+    # A backlog waits in the broker, to be fetched as one big chunk, not in the agent's
+    # queue as many small ones (docs/operations.md, "The chunk transport").
+    faust_fixes.queue_one_chunk(topic)
+    return topic
 
 
-def _table(name: str, partitions: int = settings.partitions) -> RawKeyTable:
+def _table(name: str, partitions: int = settings.partitions,
+           ) -> tuple[RawKeyTable, faust_fixes.ChangelogBatch]:
     # Raw bytes keys and values: the changelog key is the input record's key, so the default
     # partitioner co-partitions table and input (a str key type would JSON-encode keys).
     table = app.Table(name, default=None, partitions=partitions, use_partitioner=True,
                       key_type=bytes, value_type=bytes)
-    return RawKeyTable(table)
+    # Its changelog records wait for the agent's send, not in Faust's producer buffer.
+    return RawKeyTable(table), faust_fixes.batch_changelog(table)
 
 
 interactions = _raw_topic(settings.input_topic)
@@ -92,10 +99,14 @@ faust_fixes.chunk_topics(app, [settings.input_topic, settings.topic(RATE_UPDATES
                                settings.topic(CHAINS)], settings.batch_size)
 
 stats = EngineStats()
-personal = PersonalRewrites(settings, _table("personal-rewrites"), stats)
-devices = DeviceProcessor(settings, _table("device-state"), stats, chains=personal)
-rates = RateProcessor(settings, _table("defect-rates"), stats)
-global_rewrites = GlobalRewriteProcessor(settings, _table("global-rewrites", 1), stats)
+personal_table, personal_writes = _table("personal-rewrites")
+device_table, device_writes = _table("device-state")
+rate_table, rate_writes = _table("defect-rates")
+global_table, global_writes = _table("global-rewrites", 1)
+personal = PersonalRewrites(settings, personal_table, stats)
+devices = DeviceProcessor(settings, device_table, stats, chains=personal)
+rates = RateProcessor(settings, rate_table, stats)
+global_rewrites = GlobalRewriteProcessor(settings, global_table, stats)
 
 
 def _messages(chunk: faust_fixes.ChunkMessage) -> list[Message]:
@@ -125,17 +136,21 @@ def observe_latencies(processor: BatchProcessor, chunk: faust_fixes.ChunkMessage
         metrics.observe_event_time_lag(devices.event_time_lags_ms)
 
 
-async def _run(stream: faust.StreamT, processor: BatchProcessor) -> None:
+async def _run(stream: faust.StreamT, processor: BatchProcessor,
+               writes: list[faust_fixes.ChangelogBatch]) -> None:
+    """``writes``: the changelogs of the tables ``processor`` writes, in the order they must
+    land (stage 1: the personal miners before the device sessions)."""
     try:
         async for chunk in faust_fixes.chunks(stream):
             started = time.perf_counter()
             async with _in_flight.setdefault(id(processor), asyncio.Lock()):
                 outputs = processor.process(_messages(chunk))
                 await publisher.publish(outputs)
-                # State after outputs: Faust flushes these changelog writes before it commits
-                # the batch's offsets, so state, outputs and offsets never disagree in a way
+                # State after outputs, acknowledged before the chunk counts as done (its
+                # offsets committable), so state, outputs and offsets never disagree in a way
                 # that loses records (see docs/operations.md, "Guarantees in detail").
                 processor.commit()
+                await faust_fixes.send_in_turn(writes)
             metrics.observe_batch(len(chunk.records), time.perf_counter() - started)
             observe_latencies(processor, chunk)
             metrics.sync_stats(stats)
@@ -152,17 +167,17 @@ async def _run(stream: faust.StreamT, processor: BatchProcessor) -> None:
 
 @app.agent(interactions)
 async def detect(stream: faust.StreamT) -> None:
-    await _run(stream, devices)
+    await _run(stream, devices, [personal_writes, device_writes])
 
 
 @app.agent(rate_updates)
 async def estimate(stream: faust.StreamT) -> None:
-    await _run(stream, rates)
+    await _run(stream, rates, [rate_writes])
 
 
 @app.agent(chains)
 async def mine(stream: faust.StreamT) -> None:
-    await _run(stream, global_rewrites)
+    await _run(stream, global_rewrites, [global_writes])
 
 
 @app.task

@@ -24,6 +24,9 @@ def faust_config(s: KafkaSettings) -> dict[str, Any]:
         "datadir": s.state_dir,
         "table_standby_replicas": 0,
         "consumer_auto_offset_reset": "earliest",
+        # Faust's producer carries only table writes, sent a chunk's worth at once
+        # (faust_fixes.changelog_batches): one produce request each, not one per 16 KiB.
+        "producer_max_batch_size": faust_fixes.CHANGELOG_BATCH_BYTES,
     }
     config.update(faust_fixes.broker_settings_for_tansu(s.session_timeout_s))
     credentials = faust_credentials(s)

@@ -19,9 +19,13 @@ measured by ``tests/test_faust_fixes.py`` or the broker tests:
   the end of a partition, where no later fetch shows the hole (``rewind_stranded``).
 - ``chunk_transport``: Faust hands agents one event per record (~80 us each); the ``chunks://``
   transport hands them one per fetched partition chunk, offsets committed exactly (the
-  worker's transport, see docs/operations.md).
+  worker's transport, see docs/operations.md); ``queue_one_chunk`` keeps a backlog in the
+  broker (``app.topic()`` drops ``maxsize``).
 - ``producer_flush``: Faust's producer flush before an offset commit returns early under
   load (0.1 s per message), so offsets were committed ahead of the table writes: wait for all.
+- ``changelog_batches``: Faust hands table writes to the producer one at a time from its
+  buffer and holds the agents while it is full; the worker sends each chunk's writes together
+  and awaits them before the next chunk.
 - ``consumer_internals``: the only reads of Faust's private per-partition consumer offsets.
 
 ``topologies.app`` installs them; nothing else in the app touches Faust internals.
@@ -32,12 +36,19 @@ from topologies.faust_fixes.broker_offsets import (
     OffsetGuard,
     install_offset_guard,
 )
+from topologies.faust_fixes.changelog_batches import (
+    CHANGELOG_BATCH_BYTES,
+    ChangelogBatch,
+    batch_changelog,
+    send_in_turn,
+)
 from topologies.faust_fixes.chunk_transport import (
     CHUNK_SCHEME,
     ChunkMessage,
     chunk_topics,
     chunks,
     install_chunk_transport,
+    queue_one_chunk,
 )
 from topologies.faust_fixes.consumer_internals import (
     committed_offsets,
@@ -66,10 +77,13 @@ from topologies.faust_fixes.startup_logging import stop_debug_logging_after_star
 from topologies.faust_fixes.tansu_settings import broker_settings_for_tansu
 
 __all__ = [
+    "CHANGELOG_BATCH_BYTES",
     "CHUNK_SCHEME",
     "BrokerLostOffsets",
+    "ChangelogBatch",
     "ChunkMessage",
     "OffsetGuard",
+    "batch_changelog",
     "broker_settings_for_tansu",
     "chunk_topics",
     "chunks",
@@ -84,6 +98,7 @@ __all__ = [
     "install_offset_guard",
     "install_recovery_highwaters",
     "install_recovery_seek_fix",
+    "queue_one_chunk",
     "read_offset",
     "stream_queues",
     "recovery_seek_fix_installed",
@@ -92,4 +107,5 @@ __all__ = [
     "uninstall_recovery_highwaters",
     "uninstall_recovery_seek_fix",
     "rewind_stranded",
+    "send_in_turn",
 ]
