@@ -1,7 +1,7 @@
 """Output records go through a dedicated aiokafka producer with normal batching.
 
-Faust's own producer hands its buffer to aiokafka one message at a time (fine for the
-changelog: one write per changed key per batch); outputs are sent here in bulk. Agents ``await
+Faust's own producer carries only the table writes (a chunk's worth at a time,
+``faust_fixes.changelog_batches``); outputs are sent here in bulk. Agents ``await
 publish(...)`` at the end of each batch, before Faust acks the batch's input events, so an
 input's offset is committed only after its outputs are in Kafka: at-least-once, with idempotent
 keys.

@@ -14,6 +14,10 @@ So the wait stays; what changes is how it is reported: the same wait (Faust's co
 the two log lines) counted in ``feedback_stream_changelog_backpressure_waits_total`` and
 ``feedback_stream_changelog_backpressure_seconds_total``.
 
+Since the worker sends its table writes a chunk at a time itself (``changelog_batches``),
+none of them goes through that buffer: the wait is kept for anything else that writes a
+table through Faust.
+
 Upstream: Faust's ``ProducerBuffer.wait_until_ebb`` logs every wait at WARNING (no
 faust-streaming issue filed from here); replaced by the same wait without the log lines.
 """
