@@ -12,7 +12,7 @@ and a write to one by mistake raises instead of corrupting the state every other
 >>> a, b = State(), State()
 >>> a.out is NO_COUNTS and b.preds is NO_NAMES
 True
->>> link(a, "a", b, "b"); add_support(a, "a", b, "b", min_support=1)
+>>> link(a, "a", b, "b"); add_support(a, "a", b, "b", pool_min=1)
 >>> dict(a.out), set(b.preds), dict(a.support), set(b.supporters), a.strong
 ({'b': 1}, {'a'}, {'b': 1}, {'a'}, 1)
 """
@@ -65,9 +65,10 @@ class State:
         self.support: dict[str, int] = NO_COUNTS  # later utterance -> chains with both, in order
         self.preds: set[str] = NO_NAMES  # reverse of ``out``
         self.supporters: set[str] = NO_NAMES  # reverse of ``support``
-        # Entries of ``support`` at or above the miner's ``min_support``: makes "is this
-        # utterance a rewrite candidate" O(1) (it was an ``any`` over ``support`` for every
-        # state the incremental search visits).
+        # Pooled support: the sum of the ``support`` counts at or above the miner's pool
+        # threshold (``RewriteMiner.pool_min``). The utterance is a rewrite candidate once it
+        # reaches ``min_support``: O(1) for every state the incremental search visits. With
+        # the threshold at ``min_support`` that is "one rewrite has ``min_support`` chains".
         self.strong = 0
 
     def observed(self) -> int:
@@ -85,20 +86,22 @@ def link(a: State, a_name: str, b: State, b_name: str) -> None:
     b.preds.add(a_name)
 
 
-def add_support(a: State, a_name: str, b: State, b_name: str, min_support: int) -> None:
-    """Count one chain in which ``b`` followed ``a``."""
+def add_support(a: State, a_name: str, b: State, b_name: str, pool_min: int) -> None:
+    """Count one chain in which ``b`` followed ``a`` (``pool_min``: see ``State.strong``)."""
     support = a.support
     if support is NO_COUNTS:
         support = a.support = {}
     c = support[b_name] = support.get(b_name, 0) + 1
-    if c == min_support:
+    if c == pool_min:  # the entry joins the pooled support with all its chains
+        a.strong += c
+    elif c > pool_min:
         a.strong += 1
     if b.supporters is NO_NAMES:
         b.supporters = set()
     b.supporters.add(a_name)
 
 
-def unlink_evicted(states: Mapping[str, State], x: str, st: State, min_support: int) -> list[str]:
+def unlink_evicted(states: Mapping[str, State], x: str, st: State, pool_min: int) -> list[str]:
     """Remove every reference to the evicted state ``x`` (already out of ``states``) from the
     states left; returns the utterances that lost ``x`` as a supported rewrite, sorted."""
     for v in st.out.keys() & states.keys():
@@ -119,14 +122,15 @@ def unlink_evicted(states: Mapping[str, State], x: str, st: State, min_support: 
     lost = sorted(st.supporters & states.keys())
     for q in lost:
         other = states[q]
-        if other.support.pop(x) >= min_support:
-            other.strong -= 1
+        c = other.support.pop(x)
+        if c >= pool_min:
+            other.strong -= c
         if not other.support:
             other.support = NO_COUNTS
     return lost
 
 
-def load(states: dict[str, State], rows: Iterable[list], min_support: int) -> None:
+def load(states: dict[str, State], rows: Iterable[list], pool_min: int) -> None:
     """Fill ``states`` from ``to_dict`` rows ``[u, out, succ, fail, support]``, in order."""
     for u, out, succ, fail, support in rows:
         st = states[u] = State()
@@ -135,7 +139,7 @@ def load(states: dict[str, State], rows: Iterable[list], min_support: int) -> No
             st.out = dict(out)
         if support:
             st.support = dict(support)
-            st.strong = sum(c >= min_support for c in st.support.values())
+            st.strong = sum(c for c in st.support.values() if c >= pool_min)
     for u, st in states.items():
         for v in st.out:
             other = states[v]
@@ -150,15 +154,16 @@ def load(states: dict[str, State], rows: Iterable[list], min_support: int) -> No
 
 
 def affected(states: Mapping[str, State], published: Mapping[str, object], seeds: list[str],
-             limit: int, visit_cap: int) -> list[str]:
-    """Up to ``limit`` rewrite candidates (a strong support entry, or a published rewrite)
+             limit: int, visit_cap: int, min_support: int) -> list[str]:
+    """Up to ``limit`` rewrite candidates (pooled support ``State.strong`` of ``min_support``,
+    or a published rewrite)
     among the seeds and the states that can reach them (at most ``visit_cap`` visited),
     nearest and most traversed first. The search stops once ``limit`` candidates are found:
     later ones would come after them in this order anyway (the hot path for popular
     utterances with many predecessors)."""
     seen = dict.fromkeys(seeds)
     # the candidate test inlined here and below: this loop is the miner's hottest
-    found = [u for u in seen if states[u].strong or u in published]
+    found = [u for u in seen if states[u].strong >= min_support or u in published]
     frontier = list(seen)
     while frontier and len(seen) < visit_cap and len(found) < limit:
         nxt: list[str] = []
@@ -172,7 +177,7 @@ def affected(states: Mapping[str, State], published: Mapping[str, object], seeds
             for p in new[:room]:
                 seen[p] = None
                 nxt.append(p)
-                if states[p].strong or p in published:
+                if states[p].strong >= min_support or p in published:
                     found.append(p)
                     if len(found) == limit:  # what follows would be cut off anyway
                         return found

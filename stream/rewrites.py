@@ -11,7 +11,12 @@ the highest ``P(success | r)`` among those with enough support; it is published 
 - ``P(success | r) >= min_p_success`` and ``P(success | r) - p_turn(u) >= min_gain``, where
   ``p_turn(u)`` is the *turn-level* success of ``u`` itself: the share of its uses that ended
   their chain in a success right there (not followed by a rephrase nor failing), published as
-  ``p_success_original``.
+  ``p_success_original``;
+- or, failing any such ``r``, **pooled support**: the rewrites of ``u`` that each have
+  ``pool_min_support`` chains and pass both thresholds on their absorption probability and on
+  their own turn-level success (the low end of its 95% Beta interval) have ``min_support``
+  chains together; the best of them is published (users often fix a broken phrasing with
+  several good ones, none 5 times).
 
 Modelling choices (and their limits):
 
@@ -69,6 +74,7 @@ from typing import Any
 
 from stream import markov, records
 from stream.markov import State
+from stream.rates import beta_interval
 from stream.records import Output
 from stream.settings import Settings
 from stream.stats import EngineStats
@@ -85,6 +91,9 @@ class RewriteConfig:
     maps the ``rewrite_*`` settings); tests that want smaller counts say so."""
 
     min_support: int = 5
+    pool_min_support: int = 2
+    """Chains a rewrite needs to count towards the utterance's pooled support (see
+    ``RewriteMiner._decide``); ``min_support`` or more: no pooling."""
     min_p_success: float = 0.6
     min_gain: float = 0.2
     max_states: int = 200_000
@@ -102,18 +111,25 @@ class RewriteConfig:
     @classmethod
     def from_settings(cls, settings: Settings, layer: str = "global") -> RewriteConfig:
         """The ``global`` or ``personal`` layer's configuration (``rewrite_*`` settings; the
-        personal layer has its own state cap)."""
+        personal layer has its own state cap, and does not pool: a device's own fix is one
+        phrasing, and pooling its few chains published the population's fix over it)."""
         s = settings
-        return cls(min_support=s.rewrite_min_support, min_p_success=s.rewrite_min_p_success,
+        personal = layer == "personal"
+        return cls(min_support=s.rewrite_min_support,
+                   pool_min_support=(s.rewrite_min_support if personal
+                                     else s.rewrite_pool_min_support),
+                   min_p_success=s.rewrite_min_p_success,
                    min_gain=s.rewrite_min_gain,
-                   max_states=(s.rewrite_personal_max_states if layer == "personal"
+                   max_states=(s.rewrite_personal_max_states if personal
                                else s.rewrite_max_states),
                    max_neighbourhood=s.rewrite_max_neighbourhood,
                    decide_every=s.rewrite_decide_every)
 
     def __post_init__(self) -> None:
-        if self.min_support < 1 or self.max_states < 2 or self.max_neighbourhood < 2:
-            raise ValueError("min_support >= 1, max_states >= 2, max_neighbourhood >= 2")
+        if (self.min_support < 1 or self.pool_min_support < 1 or self.max_states < 2
+                or self.max_neighbourhood < 2):
+            raise ValueError("min_support >= 1, pool_min_support >= 1, max_states >= 2, "
+                             "max_neighbourhood >= 2")
         if self.decide_every < 1:
             raise ValueError("decide_every >= 1")
         if not 0.0 < self.discount <= 1.0 or self.prior < 0.0 or self.hysteresis < 0.0:
@@ -141,6 +157,8 @@ class RewriteMiner:
         self.layer = layer
         self.device_id = device_id
         self.stats = stats
+        # Support an entry needs to count towards ``State.strong`` (pooled support).
+        self.pool_min = min(self.config.pool_min_support, self.config.min_support)
         # least recently seen first; OrderedDict for O(1) oldest-first eviction
         self.states: OrderedDict[str, State] = OrderedDict()
         self.published: dict[str, dict[str, Any]] = {}
@@ -184,10 +202,10 @@ class RewriteMiner:
         if len(utts) > 1:
             for a, b in zip(utts, utts[1:], strict=False):
                 markov.link(states[a], a, states[b], b)
-            min_support = self.config.min_support
+            pool_min = self.pool_min
             for a, b in sorted({(a, b) for i, a in enumerate(utts) for b in utts[i + 1:]
                                 if a != b}):
-                markov.add_support(states[a], a, states[b], b, min_support)
+                markov.add_support(states[a], a, states[b], b, pool_min)
         tip = states[utts[-1]]
         tip.succ, tip.fail = tip.succ + success, tip.fail + (not success)
         out: list[Output] = []
@@ -212,7 +230,7 @@ class RewriteMiner:
         again could only flip them between two neighbourhood cuts and emit twice)."""
         cap = self.config.max_neighbourhood
         sources = markov.affected(self.states, self.published, seeds, max(1, cap // 4),
-                                  _VISIT_FACTOR * cap)
+                                  _VISIT_FACTOR * cap, self.config.min_support)
         if decided is not None:
             sources = [u for u in sources if u not in decided]
             decided.update(sources)
@@ -223,7 +241,7 @@ class RewriteMiner:
 
     def _evict(self, x: str, ts: int, out: list[Output]) -> None:
         st = self.states.pop(x)
-        for q in markov.unlink_evicted(self.states, x, st, self.config.min_support):
+        for q in markov.unlink_evicted(self.states, x, st, self.pool_min):
             if self.published.get(q, {}).get("rewrite") == x:
                 self._withdraw(q, ts, out)
         if x in self.published:
@@ -233,7 +251,7 @@ class RewriteMiner:
             self.stats.evictions["rewrite_state"] += 1
 
     def _is_candidate(self, u: str) -> bool:
-        return self.states[u].strong > 0 or u in self.published
+        return self.states[u].strong >= self.config.min_support or u in self.published
 
     # -- solving ---------------------------------------------------------------------------------
     def neighbourhood(self, sources: Iterable[str]) -> list[str]:
@@ -259,20 +277,17 @@ class RewriteMiner:
             # probability: users who rephrase until they succeed make a bad phrasing absorb
             # almost as well as its rewrite, although every use of it costs a failed turn.
             p_u = st.succ / st.observed()
-        support = st.support
-        ranked = sorted((-solved[r], -c, r) for r, c in support.items()
-                        if c >= cfg.min_support and r in solved)
-        if p_u is not None and ranked:
-            p_r, r = -ranked[0][0], ranked[0][2]
-            slack = 0.0
-            if current is not None:
-                # Hysteresis: a published rewrite stays unless clearly beaten or clearly failing.
-                slack = cfg.hysteresis
-                cur = current["rewrite"]
-                if (cur != r and cur in solved and support.get(cur, 0) >= cfg.min_support
-                        and p_r - solved[cur] <= slack):
-                    p_r, r = solved[cur], cur
-            if p_r >= cfg.min_p_success - slack and p_r - p_u >= cfg.min_gain - slack - 1e-9:
+            # Hysteresis: a published rewrite stays unless clearly beaten or clearly failing.
+            slack = 0.0 if current is None else cfg.hysteresis
+            support = st.support
+            ranked = sorted((-solved[r], -c, r) for r, c in support.items()
+                            if c >= cfg.min_support and r in solved)
+            pick = self._pick(ranked, solved, current, p_u, slack)
+            if pick is None and self.pool_min < cfg.min_support:
+                pick = self._pick(self._pooled(st, solved, p_u, slack), solved, current, p_u,
+                                  slack)
+            if pick is not None:
+                p_r, r = pick
                 rec = self._record(u, r, p_r, p_u, support[r], ts)
                 if current is None or current["rewrite"] != r:
                     self.published[u] = rec
@@ -283,6 +298,51 @@ class RewriteMiner:
                 return
         if current is not None:
             self._withdraw(u, ts, out, p_u)
+
+    def _pick(self, ranked: list[tuple[float, int, str]], solved: dict[str, float],
+              current: dict[str, Any] | None, p_u: float,
+              slack: float) -> tuple[float, str] | None:
+        """The best of ``ranked`` (or the published rewrite, if among them and within the
+        hysteresis of the best) when it passes the thresholds, else None."""
+        if not ranked:
+            return None
+        cfg = self.config
+        p_r, r = -ranked[0][0], ranked[0][2]
+        if current is not None:
+            cur = current["rewrite"]
+            if cur != r and cur in solved and p_r - solved[cur] <= slack and any(
+                    x == cur for _, _, x in ranked):
+                p_r, r = solved[cur], cur
+        if p_r >= cfg.min_p_success - slack and p_r - p_u >= cfg.min_gain - slack - 1e-9:
+            return p_r, r
+        return None
+
+    def _pooled(self, st: State, solved: dict[str, float], p_u: float,
+                slack: float) -> list[tuple[float, int, str]]:
+        """Pooled evidence, when no single rewrite has ``min_support`` chains: users often
+        fix a broken phrasing with several good ones (a misheard "geve me a 10 minute
+        countdown" with 4, 3 and 1 chains to three timer requests). The rewrites that recur
+        (``pool_min_support`` chains each) and pass the thresholds on their absorption
+        probability and on their first-try success (persistent users make a bad phrasing
+        absorb well too), taken at the low end of its interval (a handful of lucky plays does
+        not show that a phrasing works), ranked as usual if they have ``min_support`` chains
+        together (a chain through two of them counts for both); else empty."""
+        cfg, states = self.config, self.states
+        min_p, min_gain = cfg.min_p_success - slack, cfg.min_gain - slack - 1e-9
+        good: list[tuple[float, int, str]] = []
+        chains = 0
+        for r, c in st.support.items():
+            p_r = solved.get(r)
+            if c < self.pool_min or p_r is None:
+                continue
+            target = states[r]
+            # the low end of the 95% Beta interval defect rates are published with
+            p_first = min(p_r, 1.0 - beta_interval(target.observed() - target.succ,
+                                                   target.succ)[1])
+            if p_first >= min_p and p_first - p_u >= min_gain:
+                good.append((-p_r, -c, r))
+                chains += c
+        return sorted(good) if chains >= cfg.min_support else []
 
     def withdraw_all(self, ts: int, out: list[Output]) -> None:
         """Withdraw every published rewrite (the layer drops this miner)."""
@@ -335,7 +395,7 @@ class RewriteMiner:
                   config: RewriteConfig | None = None) -> RewriteMiner:
         config = config or RewriteConfig(**data["config"])
         miner = cls(config, data["layer"], data["device_id"], stats)
-        markov.load(miner.states, data["states"], config.min_support)
+        markov.load(miner.states, data["states"], miner.pool_min)
         miner.published = {u: dict(rec) for u, rec in data["published"].items()}
         miner.evictions = data["evictions"]
         return miner

@@ -71,6 +71,10 @@ class Settings:
     # --- rewrite mining (absorbing Markov chain) ---
     rewrite_min_support: int = 5
     """Chains in which the original occurs with the rewrite later, needed to publish."""
+    rewrite_pool_min_support: int = 2
+    """Global layer: with no rewrite in ``rewrite_min_support`` chains, rewrites that each
+    recur in this many chains and work at first try are pooled; together they need
+    ``rewrite_min_support`` chains (``rewrite_min_support`` or more: no pooling)."""
     rewrite_min_p_success: float = 0.6
     rewrite_min_gain: float = 0.2
     """P(success | rewrite) - P(success | original) needed to publish."""

@@ -90,18 +90,23 @@ def wilkerson_chains() -> list[dict]:
 
 
 # -- state bookkeeping: lazily created containers, the O(1) candidate count ----------------------
+def pooled_support(m: RewriteMiner, u: str) -> int:
+    """Chains of the rewrites of ``u`` that recur enough to be pooled, recounted."""
+    pool_min = min(m.config.pool_min_support, m.config.min_support)
+    return sum(c for c in m.states[u].support.values() if c >= pool_min)
+
+
 def brute_candidate(m: RewriteMiner, u: str) -> bool:
-    min_support = m.config.min_support
-    return u in m.published or any(c >= min_support for c in m.states[u].support.values())
+    return u in m.published or pooled_support(m, u) >= m.config.min_support
 
 
 def check_bookkeeping(m: RewriteMiner) -> None:
-    """The per-state count of strong support entries equals a recount, reverse links mirror
+    """The per-state pooled support equals a recount, reverse links mirror
     the forward ones, and nothing holds an empty real container (it would cost memory)."""
     preds: dict[str, set[str]] = {u: set() for u in m.states}
     supporters: dict[str, set[str]] = {u: set() for u in m.states}
     for u, st in m.states.items():
-        assert st.strong == sum(c >= m.config.min_support for c in st.support.values())
+        assert st.strong == pooled_support(m, u)
         assert m._is_candidate(u) == brute_candidate(m, u)
         for v in st.out:
             preds[v].add(u)

@@ -72,6 +72,45 @@ def test_persistent_users_do_not_hide_a_rewrite() -> None:
         assert rec is not None and rec["rewrite"] == "r" and rec["p_success_original"] == 0.0
 
 
+# -- pooled support: fixes spread over several good phrasings ------------------------------------
+def spread_fixes(extra: list[dict]) -> list[dict]:
+    """A broken "u" (6 lone failures) fixed 3 times with "g1"; "b" absorbs well (persistent
+    users always rephrase it to "g2") but fails at first try 8 times out of 10; "u" was
+    followed by "b" in 2 successful chains. The good phrasings succeed alone as well."""
+    return ([chain(["u"], False, i) for i in range(6)]
+            + [chain(["g1"], True, 10 + i) for i in range(5)]
+            + [chain(["b", "g2"], True, 20 + i) for i in range(8)]
+            + [chain(["u", "g1"], True, 30 + i) for i in range(3)]
+            + [chain(["u", "b"], True, 40 + i) for i in range(2)] + extra)
+
+
+def test_pooled_support_publishes_the_best_of_several_fixes() -> None:
+    # No rewrite of "u" has 5 chains. "b" recurs but does not work at first try, so it adds
+    # nothing to the pool: g1's 3 chains alone are not enough.
+    m = RewriteMiner()
+    feed(m, spread_fixes([]))
+    assert m.states["u"].support == {"g1": 3, "b": 2} and m.get("u") is None
+    # Two chains to another phrasing that worked both times: 5 chains together, but 2 plays
+    # do not show that "g3" works (the low end of its success interval is under 0.6) ...
+    more = [chain(["u", "g3"], True, 50 + i) for i in range(2)]
+    assert feed(m, more) == [] and m.get("u") is None
+    # ... 10 more plays of it do: "u" is re-decided (it leads to "g3") and gets the best.
+    more += [chain(["g3"], True, 60 + i) for i in range(10)]
+    outs = feed(m, more[2:])
+    rec = m.get("u")
+    assert rec is not None and (rec["rewrite"], rec["support"]) == ("g1", 3)
+    assert [o.key for o in outs] == ["global:u"]
+    check_bookkeeping(m)
+    # A rewrite seen once is no evidence of its own (it could be a follow-up), nor is it
+    # pooled; and with pool_min_support at min_support nothing is pooled at all.
+    once = [chain(["u", f"g{i}"], True, 80 + i) for i in range(3, 6)]
+    once += [chain([f"g{i}"], True, 90 + i) for i in range(3, 6) for _ in range(10)]
+    for config, chains in ((RewriteConfig(), once), (RewriteConfig(pool_min_support=5), more)):
+        m = RewriteMiner(config)
+        feed(m, spread_fixes(chains))
+        assert m.get("u") is None
+
+
 # -- a generated population with a known best rewrite ---------------------------------------------
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_population_finds_the_best_rewrite(seed: int) -> None:
@@ -191,9 +230,9 @@ def test_candidate_count_matches_brute_force(min_support: int) -> None:
 def test_from_dict_with_another_min_support_recounts() -> None:
     m = RewriteMiner(RewriteConfig(min_support=2))
     feed(m, [chain(["a", "b"], True, i) for i in range(3)] + [chain(["a", "c"], True, 9)])
-    assert m.states["a"].strong == 1
+    assert m.states["a"].strong == 3  # pooled support: "b"'s 3 chains ("c" has too few)
     restored = RewriteMiner.from_dict(m.to_dict(), config=RewriteConfig(min_support=1))
-    assert restored.states["a"].strong == 2
+    assert restored.states["a"].strong == 4
     check_bookkeeping(restored)
 
 

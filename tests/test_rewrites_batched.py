@@ -57,10 +57,12 @@ def count_solves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def check_published(m: RewriteMiner) -> None:
-    """Published rewrites only between tracked utterances, with the support they need."""
+    """Published rewrites only between tracked utterances, with the support they need (alone,
+    or pooled with other rewrites of the utterance)."""
     for u, rec in m.published.items():
         assert u in m.states and rec["rewrite"] in m.states
-        assert m.states[u].support[rec["rewrite"]] >= m.config.min_support
+        assert m.states[u].support[rec["rewrite"]] >= m.pool_min
+        assert m.states[u].strong >= m.config.min_support
 
 
 def test_decide_every_1_and_explicit_decide_change_nothing() -> None:
