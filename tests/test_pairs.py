@@ -14,7 +14,6 @@ from stream.datasets import phrasings
 from stream.engine import FeedbackEngine
 from stream.pair_model import FEATURES
 from stream.pairs import PairEvidence
-from stream.partition import murmur2, partition_of
 from stream.records import CHAINS, RATE_UPDATES, REPHRASES, REWRITE_TRIGGERS, Output
 from stream.settings import Settings
 from tests.scale import FULL
@@ -75,15 +74,6 @@ def test_snapshot_round_trip(learn: bool) -> None:
     assert ev.model.learned == learn
     data = orjson.loads(orjson.dumps(ev.to_dict()))
     assert PairEvidence.from_dict(data).to_dict() == ev.to_dict()
-
-
-def test_partitioner_is_kafkas():
-    # Values of Kafka's Java client (Utils.murmur2) as kafka-python reproduces them.
-    from kafka.partitioner.default import murmur2 as reference
-
-    for key in (b"", b"a", b"ab", b"abc", b"dev00001", "caf\u00e9 \u2615".encode()):
-        assert murmur2(key) == reference(key)
-    assert partition_of("dev00001", 4) == partition_of(b"dev00001", 4)
 
 
 @cache
