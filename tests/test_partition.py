@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.partition import murmur2, partition_of
+from tests.scale import scaled
 
 # Kafka's Java client test values (UtilsTest.testMurmur2), signed as Java returns them.
 JAVA = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-string": -985981536,
@@ -28,7 +29,7 @@ def test_murmur2_is_kafkas_java_murmur2():
         assert murmur2(key) == value, key
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled(300, 40), deadline=None, database=None)
 @given(st.binary(max_size=300))
 def test_murmur2_equals_kafka_pythons(key: bytes) -> None:
     from kafka.partitioner.default import murmur2 as reference
