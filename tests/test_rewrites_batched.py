@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from functools import cache
 from pathlib import Path
 
 import orjson
@@ -83,32 +84,44 @@ def test_decide_every_1_and_explicit_decide_change_nothing() -> None:
         RewriteConfig(decide_every=0)
 
 
+# Exact when a decision depends on the counts only: no hysteresis (it makes a decision depend on
+# what was published before, i.e. on when decisions happened) and neighbourhoods and
+# affected-utterance searches that cover the whole graph (no cut depending on which sources
+# share a solve).
+EXACT = RewriteConfig(hysteresis=0.0, max_neighbourhood=256)
+
+
+@cache
+def full_redecision(seed: int) -> tuple[list[dict], dict[str, str], int, dict[str, tuple]]:
+    """The population of ``seed``, its best rewrites, and a per-chain miner over it whose every
+    utterance was re-decided at the end: its solves and decisions. The same for every
+    ``decide_every`` (only read): computed once per run."""
+    chains, best = population(seed)
+    with pytest.MonkeyPatch.context() as patch:
+        solves = count_solves(patch)
+        ref = RewriteMiner(EXACT)
+        feed(ref, chains)
+        per_chain_solves = solves[0]
+    redecide_all(ref)
+    return chains, best, per_chain_solves, decisions(ref)
+
+
 @pytest.mark.parametrize("n", [7, 100, 1000, 5000])
 def test_batched_decisions_equal_a_full_redecision(n: int,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    # Exact when a decision depends on the counts only: no hysteresis (it makes a decision
-    # depend on what was published before, i.e. on when decisions happened) and neighbourhoods
-    # and affected-utterance searches that cover the whole graph (no cut depending on which
-    # sources share a solve). Then every utterance a batch's chains can affect is re-decided
-    # after it, and nothing else can have changed: the same records as a per-chain miner
-    # whose every utterance was re-decided at the end.
+    # With ``EXACT``, every utterance a batch's chains can affect is re-decided after it, and
+    # nothing else can have changed: the same records as the full re-decision.
     solves = count_solves(monkeypatch)
     for seed in (1, 2, 3):
-        chains, best = population(seed)
-        cfg = RewriteConfig(hysteresis=0.0, max_neighbourhood=256)
-        ref = RewriteMiner(cfg)
-        solves[0] = 0
-        feed(ref, chains)
-        per_chain_solves = solves[0]
-        redecide_all(ref)
-        m = RewriteMiner(dataclasses.replace(cfg, decide_every=n))
+        chains, best, per_chain_solves, want = full_redecision(seed)
+        m = RewriteMiner(dataclasses.replace(EXACT, decide_every=n))
         solves[0] = 0
         outs = feed(m, chains)
         assert (len(outs) > 0) == (n < len(chains))  # every n chains on its own
         outs += m.decide()
         assert m._pending == {} and m._since == 0
         assert solves[0] < per_chain_solves / (3 if n >= 100 else 1.1), (solves, per_chain_solves)
-        assert decisions(m) == decisions(ref) and set(BAD) <= set(m.published)
+        assert decisions(m) == want and set(BAD) <= set(m.published)
         assert all(m.get(u)["rewrite"] == best[u] for u in BAD)
         assert redecide_all(m) == []  # nothing was left stale
         # The triggers say the same as the published state (the last per key wins).
