@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import gc
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,9 +44,75 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """What collection imported (scipy, river, Faust, Hypothesis...) stays for the whole run:
     out of every full collection from here on (~3% of the core suite's CPU, as the replay
-    command does for its own start-up objects)."""
+    command does for its own start-up objects). Then Prometheus starts scraping in the
+    background if the run has its test (``scraped_metrics``)."""
     gc.collect()
     gc.freeze()
+    # An xdist worker may not get the test: there it starts when (and if) the test runs.
+    if not hasattr(session.config, "workerinput") and any(
+            "scraped_metrics" in getattr(item, "fixturenames", ()) for item in session.items):
+        _BACKGROUND.append(ScrapedMetrics())
+
+
+def pytest_sessionfinish() -> None:
+    while _BACKGROUND:  # started but its test never ran (-x, a keyboard interrupt)
+        _BACKGROUND.pop().close()
+
+
+class ScrapedMetrics:
+    """``tests.prom.exercised_metrics`` served on loopback, and a real Prometheus scraping it,
+    in a thread: Prometheus scrapes ~5 s after it starts (its target discovery sends the
+    first targets then), wall time the test would otherwise spend waiting."""
+
+    def __init__(self) -> None:
+        self.base, self.error = "", None
+        self.ready, self.done = threading.Event(), threading.Event()
+        self.tmp = tempfile.mkdtemp(prefix="prometheus-")
+        self.thread = threading.Thread(target=self.run, name="prometheus", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        from tests.prom import exercised_metrics, prometheus_scraping
+
+        server = exercised_metrics().start_http_server(0)
+        try:
+            with prometheus_scraping(f"127.0.0.1:{server.server_port}", Path(self.tmp)) as base:
+                self.base = base
+                self.ready.set()
+                self.done.wait()
+        except BaseException as exc:  # pytest.fail and asserts too: raised again in the test
+            self.error = exc
+        finally:
+            server.shutdown()
+            server.server_close()
+            self.ready.set()
+
+    def wait(self) -> str:
+        """Prometheus's base URL once it has scraped twice."""
+        assert self.ready.wait(timeout=180), "Prometheus did not scrape in 180 s"
+        if self.error is not None:
+            raise self.error
+        return self.base
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=60)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+_BACKGROUND: list[ScrapedMetrics] = []
+
+
+@pytest.fixture
+def scraped_metrics() -> Iterator[str]:
+    """Base URL of a Prometheus that has scraped ``exercised_metrics`` twice (and goes on
+    scraping it every 500 ms until the test ends): started after collection if the run has
+    a test using it."""
+    scrape = _BACKGROUND.pop() if _BACKGROUND else ScrapedMetrics()
+    try:
+        yield scrape.wait()
+    finally:
+        scrape.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.prom import MONITORING, exercised_metrics, prometheus_scraping, query, tool
+from tests.prom import MONITORING, exercised_metrics, query, tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "feedback-stream.json"
@@ -201,21 +201,15 @@ def test_dashboard_queries_parse(dashboard: dict[str, Any], tmp_path: Path) -> N
 
 
 def test_real_prometheus_scrapes_and_answers_dashboard_queries(
-    dashboard: dict[str, Any], tmp_path: Path
+    dashboard: dict[str, Any], scraped_metrics: str
 ) -> None:
-    metrics = exercised_metrics()
-    server = metrics.start_http_server(0)
-    try:
-        with prometheus_scraping(f"127.0.0.1:{server.server_port}", tmp_path) as base:
-            assert query(base, "up")["data"]["result"][0]["value"][1] == "1"
-            for expr in queries(dashboard):
-                answer = query(base, promql(expr))
-                assert answer["status"] == "success", (expr, answer)
-                if not expr.rstrip().endswith("> 0"):  # "> 0" hides idle series by design
-                    assert answer["data"]["result"], f"no data for {expr}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    base = scraped_metrics  # started in the background after collection (tests/conftest.py)
+    assert query(base, "up")["data"]["result"][0]["value"][1] == "1"
+    for expr in queries(dashboard):
+        answer = query(base, promql(expr))
+        assert answer["status"] == "success", (expr, answer)
+        if not expr.rstrip().endswith("> 0"):  # "> 0" hides idle series by design
+            assert answer["data"]["result"], f"no data for {expr}"
 
 
 # --- Grafana -------------------------------------------------------------------------------
