@@ -38,7 +38,7 @@ from tests.scale import scaled
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 CORPUS = CORPUS_DIR / "nasty.jsonl"
 EXPECTED = CORPUS_DIR / "nasty-expected.json"
-HYPOTHESIS = settings(max_examples=scaled(300, 40), deadline=None, database=None,
+HYPOTHESIS = settings(max_examples=scaled(300, 20), deadline=None, database=None,
                       suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -208,7 +208,7 @@ FIELD_VALUES = json_values_of(scaled(25, 4))
 
 
 @pytest.mark.slow
-@settings(HYPOTHESIS, max_examples=scaled(300, 12))
+@settings(HYPOTHESIS, max_examples=scaled(300, 6))
 @given(st.lists(st.fixed_dictionaries(
     {"type": st.sampled_from(["turn", "feedback", "watermark"])},
     optional={name: FIELD_VALUES for name in EVENT_FIELDS}), min_size=1, max_size=20))
@@ -286,7 +286,7 @@ def mutated(draw: st.DrawFn) -> tuple[bytes, bool]:
 
 
 @pytest.mark.slow
-@settings(max_examples=scaled(400, 60), deadline=None, database=None,
+@settings(max_examples=scaled(400, 30), deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(mutated(), min_size=1, max_size=40))
 def test_valid_and_mutated_events_are_each_accounted_for_once(events):
