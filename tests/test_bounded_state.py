@@ -31,12 +31,12 @@ from stream.engine import FeedbackEngine
 from stream.settings import Settings
 from tests.scale import scaled
 
-pytestmark = pytest.mark.slow  # ~75 s alone at full scale, ~3 s quick
+pytestmark = pytest.mark.slow  # ~75 s alone at full scale, ~1.5 s quick
 
 N_EVENTS = int(os.environ.get("FEEDBACK_STREAM_TEST_BOUNDED_EVENTS",
-                              scaled(1_000_000, 20_000)))
-N_UTTERANCES = scaled(200_000, 4_000)
-CAP = scaled(50_000, 1_000)
+                              scaled(1_000_000, 10_000)))
+N_UTTERANCES = scaled(200_000, 2_000)
+CAP = scaled(50_000, 500)
 IDLE_MS = 60_000
 # Quick: wider steps keep fewer devices alive (lateness + idle time over the step), so the
 # device bound is reached and evicted from early in the smaller run, as the caps are.
