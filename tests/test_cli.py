@@ -115,7 +115,7 @@ def test_replay_serves_metrics_while_running(tmp_path, run_cli, monkeypatch):
         done = re.compile(r'^feedback_stream_events_total\{outcome="ok",type="turn"\} 3610\.0$',
                           re.M)
         text = wait_until(lambda: metrics_matching(port, done), 180,
-                          "the replay's final counters on /metrics")
+                          "the replay's final counters on /metrics", every_s=0.1)
         assert "feedback_stream_top_defect_rate{" in text
         assert re.search(r'^feedback_stream_dead_letters_total\{reason="invalid_json"\} '
                          r'[1-9]', text, re.M)

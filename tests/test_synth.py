@@ -240,8 +240,8 @@ def test_truth_consistent_for_any_mix(n: int, devices: int, seed: int, bad: int,
 
 
 def test_utterance_count_is_reached() -> None:
-    # 25 events per utterance and per device at every scale: 50,000 events full, 10,000 quick.
-    n_events = scaled(50_000, 10_000)
+    # 25 events per utterance and per device at every scale: 50,000 events full, 5,000 quick.
+    n_events = scaled(50_000, 5_000)
     n = n_events // 25
     active = {normalize(q.text) for q in vocabulary()[:n]}
     heads = {t["utterance_norm"] for _, t in generate(n_events, n, n_utterances=n, seed=5)
@@ -256,7 +256,7 @@ def test_utterance_count_is_reached() -> None:
 @pytest.mark.slow
 def test_large_run_is_fast_and_consistent() -> None:
     # 100k events (full scale) take about two seconds; 1M (benchmarks) about twenty.
-    n = scaled(100_000, 10_000)
+    n = scaled(100_000, 5_000)
     check_stream(list(generate(n, 5000, seed=9, malformed=100)), n, 100)
 
 
