@@ -77,9 +77,15 @@ def test_snapshot_round_trip(learn: bool) -> None:
 
 
 @cache
+def population_pairs() -> list[tuple[bytes, dict]]:
+    """The population stream and its truth (only read: generated once per run; the quick
+    tests/test_phrasings.py checks it)."""
+    return list(phrasings.generate(5_000, 120, seed=9))
+
+
+@cache
 def population_lines() -> list[bytes]:
-    """The population stream (only read: generated once per run)."""
-    return [line for line, _ in phrasings.generate(5_000, 120, seed=9)]
+    return [line for line, _ in population_pairs()]
 
 
 def replay(lines: list[bytes], model: bool = False) -> tuple[list[Output], FeedbackEngine]:

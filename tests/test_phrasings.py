@@ -12,6 +12,8 @@ from stream.datasets.phrasings import Population, expected_rewrites
 from stream.engine import FeedbackEngine
 from stream.failure import FAILURE_POINTS
 from stream.records import DEAD_LETTER
+from tests.scale import FULL
+from tests.test_pairs import population_pairs, population_replay
 
 PACKAGE = Path(phrasings.__file__).parent
 
@@ -29,10 +31,14 @@ def test_splits_use_disjoint_phrasings():
 
 
 def test_events_are_valid_and_truth_follows_the_window_rules():
-    pairs = list(phrasings.generate(6_000, 150, seed=2))
-    eng = FeedbackEngine()
-    dead = [o for line, _ in pairs for o in eng.process(line) if o.stream == DEAD_LETTER]
-    assert dead == []
+    # Quick: the population stream tests/test_pairs.py replays (its replay is shared).
+    if FULL:
+        pairs = list(phrasings.generate(6_000, 150, seed=2))
+        eng = FeedbackEngine()
+        outputs = [o for line, _ in pairs for o in eng.process(line)]
+    else:
+        pairs, outputs = population_pairs(), population_replay(False)[0]
+    assert [o for o in outputs if o.stream == DEAD_LETTER] == []
     turns = {t["event_id"]: (orjson.loads(line), t) for line, t in pairs if "behaviour" in t}
     points = set()
     for ev, t in turns.values():
