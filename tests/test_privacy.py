@@ -22,7 +22,7 @@ import pytest
 from stream.engine import FeedbackEngine
 from stream.privacy import Pseudonymizer
 from stream.records import DEAD_LETTER, OUTPUT_STREAMS
-from stream.replay import iter_lines, replay
+from stream.replay import replay
 from stream.settings import Settings
 from tests.events import turn, watermark
 from tests.test_kafka_pipeline import _get
@@ -92,9 +92,22 @@ def leaks(data: bytes, ids: set[bytes]) -> set[bytes]:
 
 
 def run_replay(path: Path, out: Path, **settings: Any) -> dict[str, list[dict[str, Any]]]:
-    replay(str(path), out, Settings(**settings), progress=False)
+    return replay_with_engine(path, out, **settings)[0]
+
+
+def replay_with_engine(path: Path, out: Path, **settings: Any
+                       ) -> tuple[dict[str, list[dict[str, Any]]], FeedbackEngine]:
+    """The replay's records per stream (read back from ``out``) and its engine."""
+    engine, _ = replay(str(path), out, Settings(**settings), progress=False)
     return {name: [orjson.loads(line) for line in (out / f"{name}.jsonl").read_bytes().splitlines()]
-            for name in OUTPUT_STREAMS}
+            for name in OUTPUT_STREAMS}, engine
+
+
+@pytest.fixture(scope="module")
+def keyed(stream_file: Path) -> tuple[dict[str, list[dict[str, Any]]], FeedbackEngine]:
+    """The replay of ``stream_file`` with the device-id key set (only read: its records and
+    its engine's rewrite layers), run once for the module."""
+    return replay_with_engine(stream_file, stream_file.parent / "keyed", device_id_key=KEY)
 
 
 def pseudonymised(record: dict[str, Any], p: Pseudonymizer) -> dict[str, Any]:
@@ -112,9 +125,10 @@ def pseudonymised(record: dict[str, Any], p: Pseudonymizer) -> dict[str, Any]:
 
 
 def test_pseudonymised_replay_is_the_plain_replay_with_hashed_ids(stream_file: Path,
-                                                                 tmp_path: Path) -> None:
+                                                                 tmp_path: Path,
+                                                                 keyed: tuple) -> None:
     plain = run_replay(stream_file, tmp_path / "plain")
-    keyed = run_replay(stream_file, tmp_path / "keyed", device_id_key=KEY)
+    keyed_dir, (keyed_records, _) = stream_file.parent / "keyed", keyed
     p = Pseudonymizer(KEY)
     assert p("dev00059") == hmac.new(KEY.encode(), b"dev00059",
                                      hashlib.sha256).hexdigest()[:32]
@@ -127,24 +141,20 @@ def test_pseudonymised_replay_is_the_plain_replay_with_hashed_ids(stream_file: P
                        else rec["raw"].encode("utf-8", "surrogatepass"))
                 rec.update(raw=None, raw_encoding=None, raw_size=len(raw),
                            raw_sha256=hashlib.sha256(raw).hexdigest())
-        assert keyed[name] == want, name
-    personal = [r for r in keyed["rewrite-triggers"] if r["layer"] == "personal"]
+        assert keyed_records[name] == want, name
+    personal = [r for r in keyed_records["rewrite-triggers"] if r["layer"] == "personal"]
     assert personal and {r["device_id"] for r in personal} == {p(PERSONAL)}
-    assert len(keyed[DEAD_LETTER]) >= len(BAD_LINES)
+    assert len(keyed_records[DEAD_LETTER]) >= len(BAD_LINES)
 
     ids = raw_device_ids(stream_file)
     for name in OUTPUT_STREAMS:
-        data = (tmp_path / "keyed" / f"{name}.jsonl").read_bytes()
+        data = (keyed_dir / f"{name}.jsonl").read_bytes()
         assert not leaks(data, ids), name
     assert leaks((tmp_path / "plain" / "defects.jsonl").read_bytes(), ids)  # the scan can fail
 
 
-def test_personal_rewrite_lookup_by_pseudonym(stream_file: Path) -> None:
-    engine = FeedbackEngine(Settings(device_id_key=KEY))
-    with open(stream_file, "rb") as f:
-        for number, line in iter_lines(f):
-            engine.process(line, {"line": number})
-    engine.flush()
+def test_personal_rewrite_lookup_by_pseudonym(keyed: tuple) -> None:
+    engine = keyed[1]  # the keyed replay's, at the end of its input
     p = Pseudonymizer(KEY)
     rec = engine.rewrites.lookup("play the running mix", p(PERSONAL))
     assert rec is not None and rec["layer"] == "personal" and rec["device_id"] == p(PERSONAL)
