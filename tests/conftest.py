@@ -10,10 +10,12 @@ from __future__ import annotations
 import gc
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,43 +62,64 @@ def pytest_sessionfinish() -> None:
 
 
 class ScrapedMetrics:
-    """``tests.prom.exercised_metrics`` served on loopback, and a real Prometheus scraping it,
-    in a thread: Prometheus scrapes ~5 s after it starts (its target discovery sends the
-    first targets then), wall time the test would otherwise spend waiting."""
+    """A real Prometheus scraping a loopback port, started in a thread, and
+    ``tests.prom.exercised_metrics`` served on that port once a test asks (``wait``).
+
+    Prometheus scrapes first ~5 s after it starts (its target discovery sends the first
+    targets then): started early, that is wall time the test does not wait. Until the test,
+    the port is only bound (no listening socket: each scrape is refused at no cost to this
+    process), so the metrics are served, and scraped every 500 ms, only during the test."""
 
     def __init__(self) -> None:
-        self.base, self.error = "", None
+        self.base, self.error, self.server = "", None, None
         self.ready, self.done = threading.Event(), threading.Event()
+        self.port = socket.socket()
+        self.port.bind(("127.0.0.1", 0))
         self.tmp = tempfile.mkdtemp(prefix="prometheus-")
         self.thread = threading.Thread(target=self.run, name="prometheus", daemon=True)
         self.thread.start()
 
     def run(self) -> None:
-        from tests.prom import exercised_metrics, prometheus_scraping
+        from tests.prom import prometheus_scraping
 
-        server = exercised_metrics().start_http_server(0)
+        target = f"127.0.0.1:{self.port.getsockname()[1]}"
         try:
-            with prometheus_scraping(f"127.0.0.1:{server.server_port}", Path(self.tmp)) as base:
+            # Ready once Prometheus has tried two scrapes (refused ones count: up is 0).
+            with prometheus_scraping(target, Path(self.tmp)) as base:
                 self.base = base
                 self.ready.set()
                 self.done.wait()
         except BaseException as exc:  # pytest.fail and asserts too: raised again in the test
             self.error = exc
         finally:
-            server.shutdown()
-            server.server_close()
             self.ready.set()
 
     def wait(self) -> str:
-        """Prometheus's base URL once it has scraped twice."""
+        """Prometheus's base URL once it has scraped the served metrics twice (``rate()`` needs
+        two samples)."""
+        from tests.prom import exercised_metrics, query
+
         assert self.ready.wait(timeout=180), "Prometheus did not scrape in 180 s"
         if self.error is not None:
             raise self.error
-        return self.base
+        port = self.port.getsockname()[1]
+        self.port.close()  # the server binds the port again at once
+        self.server = exercised_metrics().start_http_server(port)
+        deadline = time.monotonic() + 120
+        while True:
+            result = query(self.base, "sum_over_time(up[1m])")["data"]["result"]
+            if result and float(result[0]["value"][1]) >= 2:
+                return self.base
+            assert time.monotonic() < deadline, "Prometheus did not scrape the metrics in 120 s"
+            time.sleep(0.1)
 
     def close(self) -> None:
         self.done.set()
         self.thread.join(timeout=60)
+        self.port.close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -106,8 +129,8 @@ _BACKGROUND: list[ScrapedMetrics] = []
 @pytest.fixture
 def scraped_metrics() -> Iterator[str]:
     """Base URL of a Prometheus that has scraped ``exercised_metrics`` twice (and goes on
-    scraping it every 500 ms until the test ends): started after collection if the run has
-    a test using it."""
+    scraping them every 500 ms until the test ends): Prometheus started after collection if
+    the run has a test using it."""
     scrape = _BACKGROUND.pop() if _BACKGROUND else ScrapedMetrics()
     try:
         yield scrape.wait()
