@@ -85,7 +85,7 @@ def engine_run(lines: list[bytes], progress: Progress | None = None,
         # Stage 2 counts updates as stage 1 finalises turns and estimates at the end of each
         # batch; rewrite mining learns per chain and decides per batch.
         stage2, layers = engine.stage2, engine.rewrites
-        stage2.update = rates.wrap(stage2.update)  # type: ignore[method-assign]
+        stage2.update_keys = rates.wrap(stage2.update_keys)  # type: ignore[method-assign]
         stage2.estimate = rates.wrap(stage2.estimate)  # type: ignore[method-assign]
         layers.learn_one = rewrites.wrap(layers.learn_one)  # type: ignore[method-assign]
         layers.decide = rewrites.wrap(layers.decide)  # type: ignore[method-assign]

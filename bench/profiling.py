@@ -97,7 +97,7 @@ def ablation(lines: list[bytes]) -> dict[str, Any]:
     def stage1() -> None:
         eng = DeviceEngine(emit_chains=True)
         # As in the full engine: finalised turns go to stage 2 directly, not as records.
-        eng.devices.rate_sink = lambda key_type, key, defective, ts: []
+        eng.devices.rate_sink = lambda keys, defective, ts: []
         for line in lines:
             eng.process(line)
         eng.flush()

@@ -103,10 +103,11 @@ class DeviceStage:
         ``topologies.processors.first_application``)."""
         self.changes = ChangeSet()
         """Devices whose state changed or went (for changelog writes; enable to track)."""
-        self.rate_sink: Callable[[str, str, bool, int], list[Output]] | None = None
-        """Set by the in-process engine: applies one finalised turn to one estimate key at
-        once (key type, key, defective, ts) and returns what that causes, instead of a
-        ``rate-updates`` record per key (a dict and an envelope that it would unpack again)."""
+        self.rate_sink: Callable[[tuple[str | None, ...], bool, int], list[Output]] | None = None
+        """Set by the in-process engine: applies one finalised turn to its estimate keys at
+        once (the keys in ``KEY_TYPES`` order, None for a missing one; defective; ts) and
+        returns what that causes, instead of a ``rate-updates`` record per key (a dict and an
+        envelope that it would unpack again). One call per turn, not one per key."""
         self.input_partition = 0
         """Input partition of the event being processed (set by the caller)."""
         self.evidence = PartitionedEvidence(
@@ -313,12 +314,12 @@ class DeviceStage:
             out.append(records.chain(st.device_id, turn, defective, src))
         keys = (turn.norm, turn.intent, turn.domain, turn.device_type)  # as KEY_TYPES
         sink = self.rate_sink
+        if sink is not None:
+            out += sink(keys, defective, turn.ts)
+            return
         for key_type, key in zip(KEY_TYPES, keys, strict=True):
             if key:
-                if sink is None:
-                    out.append(records.rate_update(key_type, key, turn, defective, src))
-                else:
-                    out += sink(key_type, key, defective, turn.ts)
+                out.append(records.rate_update(key_type, key, turn, defective, src))
 
     def _resolve_chain(self, st: DeviceState, tip: TurnState, failed: bool,
                        out: list[Output]) -> list[list[str]]:

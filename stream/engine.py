@@ -25,7 +25,7 @@ from stream.devices import DUPLICATE, LATE, OK, UNKNOWN_TURN, DeviceStage
 from stream.partition import partition_of
 from stream.privacy import dead_letter_keeps_raw, pseudonymizer
 from stream.rates import RateStage
-from stream.records import CHAINS, Output, dead_letter
+from stream.records import CHAINS, KEY_TYPES, Output, dead_letter
 from stream.rewrite_layers import RewriteLayers
 from stream.schema import Feedback, Invalid, Parser, Turn
 from stream.settings import Settings
@@ -133,11 +133,11 @@ class FeedbackEngine:
         self._events = 0
         """Input events of the current batch."""
 
-    def _rate(self, key_type: str, key: str, defective: bool, ts: int) -> list[Output]:
-        """Stage 1's ``rate_sink``: the update applied at once, its estimate left for the end
-        of the batch."""
-        self._changed[(key_type, key)] = None
-        return self.stage2.update(key_type, key, defective, ts)
+    def _rate(self, keys: tuple[str | None, ...], defective: bool, ts: int) -> list[Output]:
+        """Stage 1's ``rate_sink``: one finalised turn applied to its keys at once, their
+        estimates left for the end of the batch."""
+        return self.stage2.update_keys(zip(KEY_TYPES, keys, strict=True), defective, ts,
+                                       self._changed)
 
     def _chain(self, outputs: Iterable[Output]) -> list[Output]:
         result: list[Output] = []

@@ -133,25 +133,43 @@ class RateStage:
 
     def update(self, key_type: str, key: str, defective: bool, ts: int) -> list[Output]:
         """Count one finalised turn for one key; the drift alerts it causes (no estimate)."""
-        table = self.trackers[key_type]
-        tracker = table.get(key)
-        if tracker is None:
-            if len(table) >= self.settings.max_tracked_keys:
-                evicted, _ = table.popitem(last=False)
-                self.changes.drop(rate_key(key_type, evicted))
-                self.stats.evictions["estimator"] += 1
-            tracker = table[key] = DefectRateTracker()
-        else:
-            table.move_to_end(key)
-        # DefectRateTracker.update inlined: this runs four times per finalised turn.
-        tracker.plays += 1
-        if defective:
-            tracker.defects += 1
-        if ts > tracker.updated_ts:
-            tracker.updated_ts = ts
-        if self.changes.enabled:
-            self.changes.touch(rate_key(key_type, key))
-        return self.drift.update(key_type, key, bool(defective), ts)
+        return self.update_keys(((key_type, key),), defective, ts)
+
+    def update_keys(self, keys: Iterable[tuple[str, str | None]], defective: bool, ts: int,
+                    changed: dict[tuple[str, str], None] | None = None) -> list[Output]:
+        """Count one finalised turn for each of its (key type, key) pairs (a falsy key: none
+        of that type); the drift alerts they cause, in key order. ``changed`` gets each
+        pair, for a caller that estimates the changed keys later. One call per turn, not one
+        per key: this runs for every finalised turn."""
+        alerts: list[Output] = []
+        trackers, changes, drift = self.trackers, self.changes, self.drift
+        for key_type, key in keys:
+            if not key:
+                continue
+            if changed is not None:
+                changed[(key_type, key)] = None
+            table = trackers[key_type]
+            tracker = table.get(key)
+            if tracker is None:
+                if len(table) >= self.settings.max_tracked_keys:
+                    evicted, _ = table.popitem(last=False)
+                    changes.drop(rate_key(key_type, evicted))
+                    self.stats.evictions["estimator"] += 1
+                tracker = table[key] = DefectRateTracker()
+            else:
+                table.move_to_end(key)
+            # DefectRateTracker.update inlined
+            tracker.plays += 1
+            if defective:
+                tracker.defects += 1
+            if ts > tracker.updated_ts:
+                tracker.updated_ts = ts
+            if changes.enabled:
+                changes.touch(rate_key(key_type, key))
+            found = drift.update(key_type, key, bool(defective), ts)
+            if found:
+                alerts += found
+        return alerts
 
     def estimate(self, key_type: str, key: str) -> Output | None:
         """The key's current ``defect-rates`` record (None when it is not tracked)."""
