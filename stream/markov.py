@@ -153,8 +153,38 @@ def load(states: dict[str, State], rows: Iterable[list], pool_min: int) -> None:
             other.supporters.add(u)
 
 
+class Memo:
+    """Orderings the searches below derive from the counts, kept while the counts do not
+    change: during one ``RewriteMiner.decide()`` (pure re-decisions, no counting), popular
+    states are visited by hundreds of searches and neighbourhoods, and sorting their
+    thousands of predecessors or pushing all their successors each time was most of the
+    miner's cost late in a long run (it grows with the states' degrees). Drop it as soon as
+    a count changes."""
+
+    __slots__ = ("preds", "succs")
+
+    def __init__(self) -> None:
+        self.preds: dict[str, list[str]] = {}
+        """state -> its predecessors, most traversed edge into it first (ties by name)"""
+        self.succs: dict[str, tuple[int, list[tuple[int, str]]]] = {}
+        """state -> (observations, its successors as (-count, name) in ascending order)"""
+
+
+def _ordered_preds(states: Mapping[str, State], v: str, memo: Memo | None) -> Iterable[str]:
+    preds = states[v].preds
+    if len(preds) < 2:
+        return preds
+    ordered = None if memo is None else memo.preds.get(v)
+    if ordered is None:
+        ordered = sorted(preds, key=lambda p: (-states[p].out[v], p))
+        if memo is not None:
+            memo.preds[v] = ordered
+    return ordered
+
+
 def affected(states: Mapping[str, State], published: Mapping[str, object], seeds: list[str],
-             limit: int, visit_cap: int, min_support: int) -> list[str]:
+             limit: int, visit_cap: int, min_support: int,
+             memo: Memo | None = None) -> list[str]:
     """Up to ``limit`` rewrite candidates (pooled support ``State.strong`` of ``min_support``,
     or a published rewrite)
     among the seeds and the states that can reach them (at most ``visit_cap`` visited),
@@ -171,10 +201,14 @@ def affected(states: Mapping[str, State], published: Mapping[str, object], seeds
             room = visit_cap - len(seen)
             if room <= 0:  # the visit cap is reached: nothing more is visited
                 break
-            new = [p for p in states[v].preds if p not in seen]
-            if len(new) > 1:
-                new.sort(key=lambda p, v=v: (-states[p].out[v], p))
-            for p in new[:room]:
+            # The first ``room`` unseen predecessors in the memo's order: the ones a sort of
+            # the unseen ones alone would give (the order is by count, then name).
+            for p in _ordered_preds(states, v, memo):
+                if p in seen:
+                    continue
+                if not room:
+                    break
+                room -= 1
                 seen[p] = None
                 nxt.append(p)
                 if states[p].strong >= min_support or p in published:
@@ -185,24 +219,68 @@ def affected(states: Mapping[str, State], published: Mapping[str, object], seeds
     return found[:limit]
 
 
-def neighbourhood(states: Mapping[str, State], sources: Iterable[str], cap: int) -> list[str]:
-    """Up to ``cap`` states reachable from ``sources``, most probable path first."""
-    heap = [(-1.0, s) for s in sorted(set(sources)) if s in states]
+def _ordered_succs(states: Mapping[str, State], s: str,
+                   memo: Memo | None) -> tuple[int, list[tuple[int, str]]]:
+    entry = None if memo is None else memo.succs.get(s)
+    if entry is None:
+        st = states[s]
+        out = st.out
+        entry = (st.succ + st.fail + sum(out.values()), sorted((-c, v) for v, c in out.items()))
+        if memo is not None:
+            memo.succs[s] = entry
+    return entry
+
+
+# Below this a path probability times a transition probability can lose precision (subnormal
+# floats), so two counts could give the same product: the successors are then ranked by the
+# products themselves (see ``neighbourhood``).
+_TINY = 1e-280
+
+
+def neighbourhood(states: Mapping[str, State], sources: Iterable[str], cap: int,
+                  memo: Memo | None = None) -> list[str]:
+    """Up to ``cap`` states reachable from ``sources``, most probable path first.
+
+    Best-first over (-path probability, name). Each kept state's successors enter the heap
+    one at a time, most probable first (``(-count, name)`` order is the order of
+    ``(-p * count / total, name)`` for normal floats), each when the one before it comes out:
+    the heap pops exactly what pushing all of them at once would pop, without pushing
+    hundreds of successors of a popular state that are never reached.
+    """
+    heap: list[tuple[float, str, int]] = [(-1.0, s, -1) for s in sorted(set(sources))
+                                          if s in states]
     heapq.heapify(heap)
     push, pop = heapq.heappush, heapq.heappop
     kept: dict[str, None] = {}
+    # per kept state with successors: [its -path probability, total, successors, next index]
+    expansions: list[list] = []
+
+    def advance(k: int) -> None:
+        exp = expansions[k]
+        neg_p, total, succs, i = exp
+        while i < len(succs):
+            neg_c, v = succs[i]
+            i += 1
+            if v not in kept:
+                push(heap, (neg_p * -neg_c / total, v, k))
+                break
+        exp[3] = i
+
     while heap and len(kept) < cap:
-        neg_p, s = pop(heap)
+        neg_p, s, k = pop(heap)
+        if k >= 0:
+            advance(k)  # its next successor takes its place in the heap
         if s in kept:
             continue
         kept[s] = None
-        st = states[s]
-        out = st.out
-        if out:
-            total = st.succ + st.fail + sum(out.values())
-            for v, c in out.items():
-                if v not in kept:
-                    push(heap, (neg_p * c / total, v))
+        if states[s].out:
+            total, succs = _ordered_succs(states, s, memo)
+            if -neg_p / total < _TINY:
+                # ranked by the products as computed (ties in them by name), not by counts
+                ranked = sorted(((neg_p * -neg_c / total, v), neg_c) for neg_c, v in succs)
+                succs = [(neg_c, v) for (_, v), neg_c in ranked]
+            expansions.append([neg_p, total, succs, 0])
+            advance(len(expansions) - 1)
     return list(kept)
 
 
@@ -215,29 +293,47 @@ def solve(states: Mapping[str, State], names: list[str], prior: float,
     The arithmetic (order of operations included) is the one the published values were first
     computed with: a faster rewrite must not move a probability across a rounding boundary.
     """
-    inside = set(names)
-    informed = {s for s in names if states[s].succ or states[s].fail}
-    stack = list(informed)
-    while stack:
-        for p in states[stack.pop()].preds:
-            if p in inside and p not in informed:
-                informed.add(p)
-                stack.append(p)
-    if len(informed) < len(names):
-        names = [s for s in names if s in informed]
     n = len(names)
-    index = {s: i for i, s in enumerate(names)}.get
+    index = {s: i for i, s in enumerate(names)}
     sts = [states[s] for s in names]
     rows: list[int] = []
     cols: list[int] = []
     counts: list[int] = []
     for i, st in enumerate(sts):
-        for v, c in st.out.items():
-            j = index(v)
-            if j is not None:
-                rows.append(i)
-                cols.append(j)
-                counts.append(c)
+        out = st.out
+        # Only the successors inside, found from the smaller side (a popular state has
+        # hundreds). Their order does not matter: no (row, column) pair repeats, and the
+        # row totals add integers, exact in float64 in any order.
+        for v in (out.keys() & index.keys() if len(out) > n else [v for v in out if v in index]):
+            rows.append(i)
+            cols.append(index[v])
+            counts.append(out[v])
+    informed = [bool(st.succ or st.fail) for st in sts]
+    if not all(informed):
+        # Backwards from the observed absorptions over the edges inside (a popular state's
+        # own predecessors are thousands: not those).
+        into: list[list[int]] = [[] for _ in range(n)]
+        for i, j in zip(rows, cols, strict=True):
+            into[j].append(i)
+        stack = [j for j in range(n) if informed[j]]
+        while stack:
+            for i in into[stack.pop()]:
+                if not informed[i]:
+                    informed[i] = True
+                    stack.append(i)
+        if not all(informed):
+            # The uninformed states go, with every edge from or to them.
+            new = [-1] * n
+            names = [s for s, keep in zip(names, informed, strict=True) if keep]
+            sts = [st for st, keep in zip(sts, informed, strict=True) if keep]
+            for k, i in enumerate(i for i in range(n) if informed[i]):
+                new[i] = k
+            kept = [e for e, (i, j) in enumerate(zip(rows, cols, strict=True))
+                    if informed[i] and informed[j]]
+            rows = [new[rows[e]] for e in kept]
+            cols = [new[cols[e]] for e in kept]
+            counts = [counts[e] for e in kept]
+            n = len(names)
     # The arithmetic in numpy, element by element the same IEEE operations in the same order
     # as the per-row Python loop it replaces (counts are exact in float64):
     # total = succ + fail + prior + kept counts; Q = discount * c / total; R = (succ + prior/2)

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from stream import markov
 from stream.engine import FeedbackEngine
 from stream.records import CHAINS, REWRITE_TRIGGERS, Output
 from stream.rewrite_layers import RewriteLayers
@@ -49,9 +50,10 @@ def count_solves(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = [0]
     solve = RewriteMiner.solve
 
-    def counted(self: RewriteMiner, sources: list[str]) -> dict[str, float]:
+    def counted(self: RewriteMiner, sources: list[str],
+                memo: markov.Memo | None = None) -> dict[str, float]:
         calls[0] += 1
-        return solve(self, sources)
+        return solve(self, sources, memo)
 
     monkeypatch.setattr(RewriteMiner, "solve", counted)
     return calls
