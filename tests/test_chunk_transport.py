@@ -80,3 +80,22 @@ def test_records_of_other_topics_keep_fausts_acks() -> None:
                                                  tp=TP0)
     assert c.ack(message) is True
     assert c._acked[TP0] == [3]
+
+
+def test_a_chunk_of_several_partitions_commits_each_partitions_offsets() -> None:
+    """A fetch's records of all partitions of a topic make one chunk: each partition's offsets
+    become committable, from its committed offset on."""
+    c = consumer()
+    tp1 = TP(TOPIC, 1)
+    records = [ConsumerRecord(TOPIC, p, o, 1_700_000_000_000, 0, b"k", b"{}", None, 1, 2, ())
+               for p, offsets in ((0, range(0, 3)), (1, range(7, 10))) for o in offsets]
+    message = ChunkMessage(tp1, records, generation_id=1)
+    assert message.spans == [(TP0, 0, 2), (tp1, 7, 9)]
+    c._committed_offset[tp1] = 8
+    c.ack(message)  # not done: nothing
+    assert c._filter_committable_offsets([TP0, tp1]) == {}
+    message = ChunkMessage(tp1, records, generation_id=1)
+    message.done = True
+    assert c.ack(message) is True
+    assert sorted(c._acked[tp1]) == [8, 9]
+    assert c._filter_committable_offsets([TP0, tp1]) == {TP0: 3, tp1: 10}
