@@ -38,7 +38,10 @@ an app on it mid-stream; the worker's fault tests run on it, see docs/operations
   hand-off from Faust's consumer thread per fetch: ~100k records/s measured).
 
 Consequences for agents on chunk topics: sensors count chunks, not records; ``group_by`` and
-``forward`` would operate on chunks (repartition with explicit sends instead).
+``forward`` would operate on chunks (repartition with explicit sends instead); a table written
+from such an agent needs ``use_partitioner=True`` (Faust's default writes a key's changelog
+record to the partition of the current event, here the chunk's last record's, so a restart
+restored keys from the wrong partitions: the echo app's counts came out 30-66 short).
 
 Upstream: no faust-streaming issue filed from here. Uses these private internals of
 faust-streaming 0.15.3 (pinned in pyproject.toml): ``Consumer._drain_messages`` (replaced),
