@@ -30,7 +30,8 @@ SIZES = (5, 20, 64)
 
 
 def _miner(states: list[list[Any]], config: Any = None) -> Any:
-    from stream.rewrites import RewriteConfig, RewriteMiner
+    from stream.rewrite_config import RewriteConfig
+    from stream.rewrites import RewriteMiner
 
     config = config or RewriteConfig(min_support=3)  # as measured before the defaults met
     return RewriteMiner.from_dict({"layer": "global", "device_id": None, "states": states,
@@ -150,7 +151,7 @@ def refresh(n_states: int, sample: int, full_budget_s: float, seed: int,
             progress: bool) -> dict[str, Any]:
     """Solve a sample; if all states are estimated to take at most ``full_budget_s``, solve
     them all and report that measurement instead of the extrapolation."""
-    from stream.rewrites import RewriteConfig
+    from stream.rewrite_config import RewriteConfig
 
     t0 = time.perf_counter()
     states, spare = chain_corpus(n_states, seed)

@@ -23,7 +23,8 @@ from typing import Any
 
 from stream.changes import ChangeSet
 from stream.records import Output
-from stream.rewrites import RewriteConfig, RewriteMiner, parse_chain
+from stream.rewrite_config import RewriteConfig, parse_chain
+from stream.rewrites import RewriteMiner
 from stream.settings import Settings
 from stream.stats import EngineStats
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import random
 
 from stream.markov import NO_COUNTS, NO_NAMES
-from stream.rewrites import RewriteConfig, RewriteMiner
+from stream.rewrite_config import RewriteConfig
+from stream.rewrites import RewriteMiner
 
 WILK = "weather in wilkerson"
 # Small populations: 3 supporting chains publish (the settings' default is 5).

@@ -12,7 +12,8 @@ import pytest
 
 from stream import markov
 from stream.markov import State
-from stream.rewrites import RewriteConfig, RewriteMiner
+from stream.rewrite_config import RewriteConfig
+from stream.rewrites import RewriteMiner
 from tests.rewrite_chains import feed, population
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from stream.markov import NO_COUNTS, NO_NAMES
 from stream.records import REWRITE_TRIGGERS
-from stream.rewrites import RewriteConfig, RewriteMiner
+from stream.rewrite_config import RewriteConfig
+from stream.rewrites import RewriteMiner
 from tests.rewrite_chains import BAD, CFG3, chain, check_bookkeeping, feed, population
 
 

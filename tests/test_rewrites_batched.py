@@ -15,8 +15,9 @@ import pytest
 from stream import markov
 from stream.engine import FeedbackEngine
 from stream.records import CHAINS, REWRITE_TRIGGERS, Output
+from stream.rewrite_config import RewriteConfig
 from stream.rewrite_layers import RewriteLayers
-from stream.rewrites import RewriteConfig, RewriteMiner
+from stream.rewrites import RewriteMiner
 from stream.settings import Settings
 from tests.rewrite_chains import (
     BAD,

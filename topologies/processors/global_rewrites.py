@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 
 from stream.records import Output
-from stream.rewrites import RewriteConfig, RewriteMiner
+from stream.rewrite_config import RewriteConfig
+from stream.rewrites import RewriteMiner
 from stream.settings import Settings
 from stream.stats import EngineStats
 from topologies.processors.merging import expand_chains
