@@ -374,12 +374,22 @@ def test_root_logger_leaves_debug_after_startup():
     assert root.level == logging.DEBUG
 
 
-def test_worker_consumer_gets_the_configured_fetch_max_wait():
+def test_worker_consumer_gets_the_configured_fetch_max_wait(monkeypatch: pytest.MonkeyPatch):
     """Faust hard-codes fetch_max_wait_ms=1500 for its worker consumer; the patch replaces it
     (installing twice: the last value, no double wrapping)."""
     import asyncio
 
     import faust
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from topologies.faust_fixes.fetch_max_wait import _FETCH_WAIT_MARKER
+
+    # Importing topologies.app (another test, a doctest) installs the patch process-wide:
+    # start from Faust's own method; monkeypatch puts the installed one back afterwards.
+    original = getattr(AIOKafkaConsumerThread, _FETCH_WAIT_MARKER, None)
+    if original is not None:
+        monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer", original)
+        monkeypatch.delattr(AIOKafkaConsumerThread, _FETCH_WAIT_MARKER)
 
     app = faust.App(f"t-fetch-{uuid.uuid4().hex[:6]}", broker="kafka://127.0.0.1:1",
                     store="memory://")
