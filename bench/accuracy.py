@@ -181,9 +181,14 @@ def score(out: dict[str, list[dict[str, Any]]], eng: FeedbackEngine,
 def rows_of(name: str, res: dict[str, Any]) -> list[Row]:
     reph, fp, rw, rt = res["rephrase"], res["failure_point"], res["rewrites"], res["rates"]
     rows = [
+        # Four decimals: at three, an F1 of 0.9497 printed as 0.950 and read as the target met.
         Row(f"{name}: rephrase P / R / F1",
-            f"{reph['precision']:.3f} / {reph['recall']:.3f} / {reph['f1']:.3f}",
-            note=f"{reph['actual']} true rephrases", target="F1 >= 0.95, P >= 0.95"),
+            f"{reph['precision']:.4f} / {reph['recall']:.4f} / {reph['f1']:.4f}",
+            note=f"{reph['actual']} true rephrases"
+                 + ("" if reph["f1"] >= TARGETS["rephrase_f1"]
+                    and reph["precision"] >= TARGETS["rephrase_precision"]
+                    else "; BELOW TARGET"),
+            target="F1 >= 0.95, P >= 0.95"),
         Row(f"{name}: barge-in P / R (exact)",
             f"{res['barge_in']['precision']:.3f} / {res['barge_in']['recall']:.3f} "
             f"({'yes' if res['barge_in']['exact'] else 'NO'})", target="exact"),
