@@ -1,7 +1,8 @@
 """Faust and broker workarounds, one module per workaround (shaped like Faust's ``fixups``).
 
 Each module names the upstream issue it works around (or says that none is filed) and is
-measured by ``tests/test_faust_fixes.py`` or the broker tests:
+measured by ``tests/test_faust_fixes.py`` (an echo worker restarted mid-stream),
+``tests/test_faust_fixes_units.py`` (one workaround at a time) or the broker tests:
 
 - ``recovery_seek``: Faust resumes partitions before seeking them after table recovery
   (faust-streaming issue 596): seek first; seek uncommitted partitions to the earliest.
