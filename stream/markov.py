@@ -74,6 +74,12 @@ class State:
     def observed(self) -> int:
         return self.succ + self.fail + sum(self.out.values())
 
+    def turn_success(self) -> float | None:
+        """Share of the utterance's uses that ended their chain in a success right there
+        (its turn-level success, ``p_success_original``); None before any use is counted."""
+        observed = self.observed()
+        return self.succ / observed if observed else None
+
 
 def link(a: State, a_name: str, b: State, b_name: str) -> None:
     """Count one transition ``a -> b``."""

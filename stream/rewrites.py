@@ -220,9 +220,8 @@ class RewriteMiner:
         together. About a quarter of the solves late in a long run have only such sources."""
         if u in self.published:
             return False
-        st = self.states[u]
-        observed = st.observed()  # 0 once eviction took its only transitions
-        return observed > 0 and st.succ / observed > 1.0 - self.config.min_gain + 1e-6
+        p_u = self.states[u].turn_success()  # None once eviction took its only transitions
+        return p_u is not None and p_u > 1.0 - self.config.min_gain + 1e-6
 
     def _decide(self, u: str, solved: dict[str, float], ts: int, out: list[Output]) -> None:
         if not solved:
@@ -233,7 +232,8 @@ class RewriteMiner:
             # The phrasing's own turn-level success (its first step), not its absorption
             # probability: users who rephrase until they succeed make a bad phrasing absorb
             # almost as well as its rewrite, although every use of it costs a failed turn.
-            p_u = st.succ / st.observed()
+            p_u = st.turn_success()
+            assert p_u is not None  # solved: u reaches an observed absorption
             # Hysteresis: a published rewrite stays unless clearly beaten or clearly failing.
             slack = 0.0 if current is None else cfg.hysteresis
             support = st.support
